@@ -1,0 +1,3 @@
+from morphzoo.cli import main
+
+main()

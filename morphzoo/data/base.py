@@ -1,0 +1,146 @@
+"""``MeshDataModule``: the LightningDataModule every morphzoo dataset derives from.
+
+A dataset subclass only says how to obtain its :class:`~morphzoo.data.collection.MeshCollection`; this base class
+applies the split protocol, computes the training split's normalisation, and serves dict batches:
+
+- ``vertices`` (B, V, 3) float32, metres;
+- where the dataset has them: ``identity``, ``expression``, ``frame`` (long), ``intensity`` (float), ``neutral``
+  (B, V, 3: the subject's neutral mesh) and ``index`` (position in the collection).
+
+``template``, ``mean`` and ``std`` are available right after construction: ``morphzoo fit`` links them into the model,
+so recipes never repeat numbers the data knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from morphzoo.data.collection import MeshCollection
+from morphzoo.data.splits import split_indices
+from morphzoo.mesh.template import Template
+
+# Floor for the per-vertex std (metres) so a vertex that never moves does not blow up the standardised data.
+MIN_STD_METRES = 1e-5
+
+
+class MeshSubset(Dataset):
+    """The meshes of a collection at ``indices``. Fetches whole batches at once (``__getitems__``), which keeps reads
+    from a memory-mapped array sequential-ish and avoids per-mesh Python overhead."""
+
+    def __init__(self, collection: MeshCollection, indices: np.ndarray) -> None:
+        self.collection, self.indices = collection, np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {key: value[0] for key, value in self.__getitems__([i]).items()}
+
+    def __getitems__(self, positions: Sequence[int]) -> dict[str, Tensor]:
+        index = self.indices[np.asarray(positions)]
+        order = np.argsort(index)  # read the memory map in ascending order, then restore the sampler's order
+        vertices = np.empty((len(index), *self.collection.vertices.shape[1:]), dtype=np.float32)
+        vertices[order] = self.collection.vertices[index[order]]
+        batch = {"vertices": torch.from_numpy(vertices), "index": torch.from_numpy(index)}
+        for name, values in self.collection.labels.items():
+            batch[name] = torch.as_tensor(values[index])
+        if self.collection.neutral is not None and "identity" in self.collection.labels:
+            batch["neutral"] = torch.from_numpy(self.collection.neutral[self.collection.labels["identity"][index]])
+        return batch
+
+
+def _already_batched(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return batch
+
+
+class MeshDataModule(L.LightningDataModule):
+    """Base DataModule for registered-mesh datasets (see the module docstring).
+
+    Args:
+        split: split protocol (``interpolation``, ``extrapolation``, ``identity``; see :mod:`morphzoo.data.splits`).
+        held_out_expression: the test expression of the ``extrapolation`` split.
+        test_identities: the test subjects of the ``identity`` split.
+        batch_size: training batch size (evaluation uses the same).
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        split: str = "interpolation",
+        held_out_expression: str | None = None,
+        test_identities: Sequence[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.split, self.held_out_expression = split, held_out_expression
+        self.test_identities = None if test_identities is None else list(test_identities)
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def load_collection(self) -> MeshCollection:
+        """Return the dataset's meshes (implemented by each dataset)."""
+        raise NotImplementedError
+
+    @cached_property
+    def collection(self) -> MeshCollection:
+        return self.load_collection()
+
+    @cached_property
+    def split_indices(self) -> dict[str, np.ndarray]:
+        return split_indices(self.collection, self.split, self.held_out_expression, self.test_identities)
+
+    @property
+    def template(self) -> Template:
+        return self.collection.template
+
+    @cached_property
+    def _statistics(self) -> tuple[Tensor, Tensor]:
+        train = self.split_indices["train"]
+        # Accumulate in float64 over chunks: exact enough and never loads a large dataset into memory at once.
+        total = np.zeros(self.collection.vertices.shape[1:], dtype=np.float64)
+        total_sq = np.zeros_like(total)
+        for start in range(0, len(train), 1024):
+            chunk = self.collection.vertices[np.sort(train[start:start + 1024])].astype(np.float64)
+            total += chunk.sum(0)
+            total_sq += (chunk**2).sum(0)
+        mean = total / len(train)
+        std = np.sqrt(np.maximum(total_sq / len(train) - mean**2, 0.0))
+        return torch.from_numpy(mean).float(), torch.from_numpy(np.maximum(std, MIN_STD_METRES)).float()
+
+    @property
+    def mean(self) -> Tensor:
+        """(V, 3) per-vertex mean of the training split, metres."""
+        return self._statistics[0]
+
+    @property
+    def std(self) -> Tensor:
+        """(V, 3) per-vertex standard deviation of the training split, metres (floored at 0.01 mm)."""
+        return self._statistics[1]
+
+    def subset(self, name: str) -> MeshSubset:
+        """The ``train``, ``val`` or ``test`` meshes."""
+        return MeshSubset(self.collection, self.split_indices[name])
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.subset(name), batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, collate_fn=_already_batched,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

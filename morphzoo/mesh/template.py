@@ -1,0 +1,109 @@
+"""The template mesh: the topology every mesh of a dataset shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from morphzoo.cache import content_hash
+
+
+@dataclass(frozen=True, eq=False)
+class Template:
+    """A registered-mesh template.
+
+    Attributes:
+        vertices: (V, 3) float rest positions in metres.
+        faces: (F, 3) int triangle indices.
+        regions: optional (V,) int region label per vertex (-1 = unassigned).
+        region_names: names of the region labels 0..K-1.
+        uv: optional (T, 2) texture coordinates and ``uv_faces`` (F, 3) indexing them per face corner, as in OBJ files
+            (a UV layout with seams has more texture coordinates than vertices).
+        name: a human-readable name.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    regions: np.ndarray | None = None
+    region_names: tuple[str, ...] = ()
+    uv: np.ndarray | None = None
+    uv_faces: np.ndarray | None = None
+    name: str = "template"
+    _fingerprint: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        vertices = np.ascontiguousarray(self.vertices, dtype=np.float64)
+        faces = np.ascontiguousarray(self.faces, dtype=np.int64)
+        if vertices.ndim != 2 or vertices.shape[1] != 3:
+            raise ValueError(f"Template '{self.name}': vertices must be (V, 3), got {vertices.shape}")
+        if faces.ndim != 2 or faces.shape[1] != 3:
+            raise ValueError(f"Template '{self.name}': faces must be (F, 3) triangles, got {faces.shape}")
+        if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
+            raise ValueError(f"Template '{self.name}': face indices must lie in [0, {len(vertices)})")
+        if not np.isfinite(vertices).all():
+            raise ValueError(f"Template '{self.name}': vertices contain NaN or infinite values")
+        object.__setattr__(self, "vertices", vertices)
+        object.__setattr__(self, "faces", faces)
+        if self.regions is not None:
+            regions = np.asarray(self.regions, dtype=np.int64)
+            if regions.shape != (len(vertices),):
+                raise ValueError(f"Template '{self.name}': regions must be ({len(vertices)},), got {regions.shape}")
+            object.__setattr__(self, "regions", regions)
+        if (self.uv is None) != (self.uv_faces is None):
+            raise ValueError(f"Template '{self.name}': give both uv and uv_faces, or neither")
+        object.__setattr__(self, "region_names", tuple(self.region_names))
+
+    @property
+    def num_vertices(self) -> int:
+        return len(self.vertices)
+
+    def fingerprint(self) -> str:
+        """Hash of the topology (vertex count and faces): meshes with equal fingerprints are interchangeable."""
+        if not self._fingerprint:
+            object.__setattr__(self, "_fingerprint", content_hash("topology", self.num_vertices, self.faces))
+        return self._fingerprint
+
+    def geometry_hash(self) -> str:
+        """Hash of topology *and* rest positions: the key for structures that depend on geometry (QEM, k-NN)."""
+        return content_hash(self.fingerprint(), self.vertices.astype(np.float32))
+
+    def edges(self) -> np.ndarray:
+        """(E, 2) unique undirected edges, i < j, sorted."""
+        pairs = np.concatenate([self.faces[:, [0, 1]], self.faces[:, [1, 2]], self.faces[:, [2, 0]]])
+        pairs = np.sort(pairs, axis=1)
+        return np.unique(pairs, axis=0)
+
+    def check_vertices(self, vertices: np.ndarray, source: str) -> None:
+        """Raise a clear error if ``vertices`` ((V, 3) or (N, V, 3)) do not fit this template or are not finite."""
+        shape = np.shape(vertices)
+        if len(shape) < 2 or shape[-2:] != (self.num_vertices, 3):
+            raise ValueError(
+                f"{source}: expected {self.num_vertices} vertices × 3 (template '{self.name}'), got shape {shape}. "
+                "Every mesh must be registered to the dataset's template topology."
+            )
+        if not np.isfinite(vertices).all():
+            raise ValueError(f"{source}: vertices contain NaN or infinite values; fix or drop this mesh")
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays for ``np.savez`` (round-trips through :meth:`from_arrays`)."""
+        arrays = {"vertices": self.vertices, "faces": self.faces, "name": np.array(self.name)}
+        if self.regions is not None:
+            arrays["regions"] = self.regions
+            arrays["region_names"] = np.array(self.region_names, dtype=str)
+        if self.uv is not None:
+            arrays["uv"] = self.uv
+            arrays["uv_faces"] = self.uv_faces
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Template:
+        return cls(
+            vertices=arrays["vertices"],
+            faces=arrays["faces"],
+            regions=arrays.get("regions"),
+            region_names=tuple(str(n) for n in arrays.get("region_names", ())),
+            uv=arrays.get("uv"),
+            uv_faces=arrays.get("uv_faces"),
+            name=str(arrays.get("name", "template")),
+        )
