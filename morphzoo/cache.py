@@ -1,8 +1,8 @@
 """Content-addressed on-disk cache for expensive precomputation.
 
-Sampling matrices, spirals and generated datasets are keyed by a hash of everything they depend on (template topology and
-geometry, parameters, code version) and written atomically: a crash never leaves a half-written entry that a later run
-would trust. The cache lives in ``$MORPHZOO_CACHE`` (default ``~/.cache/morphzoo``).
+Sampling matrices, spirals and generated datasets are keyed by a hash of everything they depend on (template topology
+and geometry, parameters, code version) and written atomically: a crash never leaves a half-written entry that a later
+run would trust. The cache lives in ``$MORPHZOO_CACHE`` (default ``~/.cache/morphzoo``).
 """
 
 from __future__ import annotations

@@ -10,13 +10,13 @@ from morphzoo.data.collection import MeshCollection
 from morphzoo.mesh.template import Template
 
 
-def sphere_template(subdivisions: int = 2, radius: float = 0.1) -> Template:
+def sphere_template(subdivisions: int = 3, radius: float = 0.1) -> Template:
     sphere = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
     return Template(vertices=sphere.vertices, faces=sphere.faces, name=f"icosphere{subdivisions}")
 
 
 def sphere_collection(identities: int = 3, expressions: int = 3, frames: int = 20, seed: int = 0,
-                      subdivisions: int = 2) -> MeshCollection:
+                      subdivisions: int = 3) -> MeshCollection:
     """Identities = anisotropic scalings; expressions = Gaussian bumps that rise and fall over a sequence."""
     rng = np.random.default_rng(seed)
     template = sphere_template(subdivisions)
@@ -32,7 +32,7 @@ def sphere_collection(identities: int = 3, expressions: int = 3, frames: int = 2
         for e in range(expressions):
             for f in range(frames):
                 vertices.append(neutral + 0.02 * envelope[f] * bumps[e][:, None] * directions)
-                for key, value in zip(labels, (i, e, f, envelope[f])):
+                for key, value in zip(labels, (i, e, f, envelope[f]), strict=True):
                     labels[key].append(value)
     return MeshCollection(
         vertices=np.asarray(vertices, dtype=np.float32),

@@ -28,9 +28,9 @@ class MorphableModel(L.LightningModule):
 
     Subclasses implement :meth:`encode_normalised` and :meth:`decode_normalised` (on standardised coordinates) and
     ``configure_optimizers`` (their paper's schedule), and call ``self.save_hyperparameters(ignore=DATA_ARGUMENTS)``
-    in their ``__init__`` (the data arguments live in buffers instead). The default training loss is the L1 reconstruction loss on
-    standardised coordinates that CoMA, Neural3DMM and SpiralNet++ use; methods with other losses override
-    :meth:`training_step`.
+    in their ``__init__`` (the data arguments live in buffers instead). The default training loss is the L1
+    reconstruction loss on standardised coordinates that CoMA, Neural3DMM and SpiralNet++ use; methods with other
+    losses override :meth:`training_step`.
 
     Args:
         template: the dataset's template mesh. ``morphzoo fit`` links it from the DataModule.
@@ -48,7 +48,9 @@ class MorphableModel(L.LightningModule):
         self.template = template
         vertices = torch.as_tensor(template.vertices, dtype=torch.float32)
         mean = vertices if mean is None else torch.as_tensor(mean, dtype=torch.float32)
-        std = torch.full_like(vertices, DEFAULT_STD_METRES) if std is None else torch.as_tensor(std, dtype=torch.float32)
+        if std is None:
+            std = torch.full_like(vertices, DEFAULT_STD_METRES)
+        std = torch.as_tensor(std, dtype=torch.float32)
         for name, value in (("mean", mean), ("std", std)):
             if value.shape != vertices.shape:
                 raise ValueError(f"{type(self).__name__}: {name} must have the template's shape "

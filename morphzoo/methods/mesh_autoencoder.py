@@ -1,9 +1,9 @@
 """The hierarchical mesh autoencoder shared by CoMA, Neural3DMM and SpiralNet++.
 
-Encoder: for each level ``i`` of a QEM hierarchy, ``conv -> activation -> down-sample``; flatten the coarsest level and
-map it to the latent code with a linear layer. Decoder: a linear layer back to the coarsest level, then
-``up-sample -> conv -> activation`` per level, and a last convolution to xyz (no bias, no activation). The methods differ
-only in their convolution (Chebyshev or spiral) and defaults, so they pass a ``conv_factory`` to this class.
+Encoder: for each level ``i`` of a QEM hierarchy, ``conv -> activation -> down-sample``; flatten the coarsest level
+and map it to the latent code with a linear layer. Decoder: a linear layer back to the coarsest level, then
+``up-sample -> conv -> activation`` per level, and a last convolution to xyz (no bias, no activation). The methods
+differ only in their convolution (Chebyshev or spiral) and defaults, so they pass a ``conv_factory`` to this class.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ class MeshAutoencoder(MorphableModel):
                 f"{levels + 1} decoder channels; got {list(encoder_channels)} and {list(decoder_channels)}"
             )
         if activation not in ACTIVATIONS:
-            raise ValueError(f"{type(self).__name__}: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+            raise ValueError(
+                f"{type(self).__name__}: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
+            )
         hierarchy = mesh_hierarchy(self.template, list(sampling_factors))
         self.level_sizes = hierarchy.sizes
         templates = hierarchy.templates
@@ -83,12 +85,12 @@ class MeshAutoencoder(MorphableModel):
         self.decoder_channels = tuple(decoder_channels)
 
     def encode_normalised(self, x: Tensor) -> Tensor:
-        for conv, down in zip(self.encoder_convs, self.down):
+        for conv, down in zip(self.encoder_convs, self.down, strict=True):
             x = down(self.activation(conv(x)))
         return self.encoder_linear(x.flatten(1))
 
     def decode_normalised(self, latent: Tensor) -> Tensor:
         x = self.decoder_linear(latent).view(len(latent), self.level_sizes[-1], self.decoder_channels[0])
-        for conv, up in zip(self.decoder_convs, reversed(self.up)):
+        for conv, up in zip(self.decoder_convs, reversed(self.up), strict=True):
             x = self.activation(conv(up(x)))
         return self.output_conv(x)

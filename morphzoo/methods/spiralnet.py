@@ -1,9 +1,9 @@
 """SpiralNet++ (Gong, Chen, Bronstein, Zafeiriou; ICCV Workshops 2019).
 
 Spiral convolutions over fixed-length spirals (centre, then rings in circulator order; paper §3.1) in the hierarchical
-mesh autoencoder of CoMA/Neural3DMM. Paper defaults for reconstruction (§4.2): encoder channels 32, 32, 32, 64, latent 16,
-spiral length 9 with dilation 1 on every level, ELU, Adam with learning rate 1e-3 decayed ×0.99 per epoch, batch 32,
-L1 loss, 300 epochs. The decoder mirrors the encoder (64, 64, 32, 32, 32 → 3).
+mesh autoencoder of CoMA/Neural3DMM. Paper defaults for reconstruction (§4.2): encoder channels 32, 32, 32, 64, latent
+16, spiral length 9 with dilation 1 on every level, ELU, Adam with learning rate 1e-3 decayed ×0.99 per epoch, batch
+32, L1 loss, 300 epochs. The decoder mirrors the encoder (64, 64, 32, 32, 32 → 3).
 """
 
 from __future__ import annotations

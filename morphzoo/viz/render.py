@@ -32,7 +32,7 @@ def _draw_mesh(ax, vertices: np.ndarray, faces: np.ndarray, face_colors, view: M
     ax.add_collection3d(Poly3DCollection(triangles[order], facecolors=colors[order], edgecolors="none"))
     centre = (vertices.max(0) + vertices.min(0)) / 2
     radius = (vertices.max(0) - vertices.min(0)).max() / 2
-    for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre):
+    for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre, strict=True):
         setter(c - radius, c + radius)
     ax.view_init(**view)
     ax.set_box_aspect((1, 1, 1))
@@ -54,7 +54,7 @@ def render_error_map(
     """
     cmap = plt.get_cmap("inferno")
     fig = plt.figure(figsize=(3.2 * len(vertices) + 0.8, 3.8), dpi=110)
-    for i, (verts, title, err) in enumerate(zip(vertices, titles, errors_mm)):
+    for i, (verts, title, err) in enumerate(zip(vertices, titles, errors_mm, strict=True)):
         ax = fig.add_subplot(1, len(vertices), i + 1, projection="3d")
         if err is None:
             face_colors = np.tile([0.8, 0.8, 0.8, 1.0], (len(faces), 1))

@@ -1,0 +1,97 @@
+"""The command line, run the way users run it: as subprocesses, from recipes."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from morphzoo.loggers import wandb_logged_in
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SPHERE_RECIPE = {
+    "seed_everything": 0,
+    "model": {"class_path": "morphzoo.methods.SpiralNetPlusPlus", "init_args": {"latent_dim": 8}},
+    "data": {"class_path": "tests.synthetic.SphereDataModule", "init_args": {"frames": 40, "batch_size": 8}},
+    "trainer": {"max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 2, "accelerator": "cpu",
+                "enable_progress_bar": False, "log_every_n_steps": 1},
+}
+
+
+def run(command: list[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def write_recipe(tmp_path: Path, **trainer) -> Path:
+    recipe = {**SPHERE_RECIPE, "trainer": {**SPHERE_RECIPE["trainer"], "default_root_dir": str(tmp_path), **trainer}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_fit_links_data_into_the_model_and_logs_metrics(tmp_path):
+    recipe = write_recipe(tmp_path, logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                            "init_args": {"save_dir": str(tmp_path), "name": "run"}})
+    run([sys.executable, "-m", "morphzoo", "fit", "-c", str(recipe)])
+    metrics = (tmp_path / "run" / "version_0" / "metrics.csv").read_text()
+    assert "val/error_mm" in metrics and "train/loss" in metrics
+    config = yaml.safe_load((tmp_path / "run" / "version_0" / "config.yaml").read_text())
+    # linked values are not recipe numbers: the saved config does not spell out the template or statistics
+    assert "template" not in config["model"]["init_args"]
+
+
+def test_lightning_console_script_runs_a_recipe(tmp_path):
+    script = shutil.which("lightning")
+    assert script is not None, "the `lightning` console script is not installed: run scripts/install.sh"
+    run([script, "fit", "-c", str(write_recipe(tmp_path, fast_dev_run=True))])
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    recipe = write_recipe(tmp_path, logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                            "init_args": {"save_dir": str(tmp_path), "name": "ddp"}})
+    result = run([sys.executable, "-m", "morphzoo", "fit", "-c", str(recipe), "--trainer.strategy=ddp",
+                  "--trainer.devices=2", "--trainer.accelerator=cpu"])
+    output = result.stdout + result.stderr
+    assert "distributed_backend=gloo" in output and "All distributed processes registered" in output
+    assert "val/error_mm" in (tmp_path / "ddp" / "version_0" / "metrics.csv").read_text()
+
+
+def test_wandb_overlay_switches_the_logger():
+    result = run([sys.executable, "-m", "morphzoo", "fit", "-c", "recipes/coma.yaml", "-c",
+                  "recipes/loggers/wandb.yaml", "--print_config"])
+    logger = yaml.safe_load(result.stdout)["trainer"]["logger"]
+    assert logger["class_path"] == "morphzoo.loggers.WandbLogger"
+
+
+def test_wandb_runs_offline_unless_logged_in(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert not wandb_logged_in()
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert wandb_logged_in()
+
+
+def test_malformed_recipe_gives_a_clear_error(tmp_path):
+    recipe = write_recipe(tmp_path)
+    text = recipe.read_text().replace("latent_dim: 8", "latent_dimension: 8")
+    recipe.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "morphzoo", "fit", "-c", str(recipe)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "latent_dimension" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["recipes/coma.yaml", "recipes/spiralnet.yaml"])
+def test_recipes_run_on_anny_face(recipe, tmp_path):
+    run([sys.executable, "-m", "morphzoo", "fit", "-c", recipe, "-c", "recipes/quick.yaml",
+         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"])

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+import trimesh
+from lightning import Trainer
+
+from morphzoo.mesh.graph import edge_index, scaled_laplacian, sparse_to_torch
+from morphzoo.mesh.sampling import mesh_hierarchy
+from morphzoo.mesh.template import Template
+from morphzoo.methods import CoMA, SpiralNetPlusPlus
+from morphzoo.methods.coma import SETTINGS
+from morphzoo.nn import ChebConv, Downsample, Upsample
+from tests.synthetic import SphereDataModule, sphere_collection, sphere_template
+
+
+def grid_template(side: int) -> Template:
+    """A flat side×side grid (an open mesh), z given a gentle bump so QEM has geometry to work with."""
+    u, v = np.meshgrid(np.linspace(0, 0.2, side), np.linspace(0, 0.2, side), indexing="ij")
+    vertices = np.stack([u, v, 0.02 * np.sin(8 * u) * np.cos(6 * v)], -1).reshape(-1, 3)
+    idx = np.arange(side * side).reshape(side, side)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
+    faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    return Template(vertices=vertices, faces=faces, name=f"grid{side}")
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_chebconv_equals_pytorch_geometric():
+    from torch_geometric.nn import ChebConv as PygChebConv
+
+    template = sphere_template(3)
+    ours = ChebConv(4, 5, K=6, laplacian=sparse_to_torch(scaled_laplacian(template)))
+    reference = PygChebConv(4, 5, K=6, normalization="sym")
+    with torch.no_grad():
+        for k, linear in enumerate(reference.lins):
+            linear.weight.copy_(ours.weight[k].T)
+        reference.bias.copy_(torch.randn(5))
+        ours.bias.copy_(reference.bias)
+    x = torch.randn(3, template.num_vertices, 4)
+    edges = torch.from_numpy(edge_index(template))
+    expected = torch.stack([reference(x_i, edges, lambda_max=torch.tensor(2.0)) for x_i in x])
+    torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-4)
+    assert count_parameters(ours) == count_parameters(reference)
+
+
+def test_pooling_layers_apply_the_sampling_matrices():
+    template = sphere_template(3)
+    level = mesh_hierarchy(template, [4]).levels[0]
+    x = torch.randn(2, template.num_vertices, 3)
+    coarse = Downsample(level.down_index)(x)
+    expected = np.stack([level.down_matrix() @ x_i.numpy() for x_i in x])
+    np.testing.assert_allclose(coarse.numpy(), expected, atol=1e-6)
+    fine = Upsample(level.up_index, level.up_weight)(coarse)
+    expected = np.stack([level.up_matrix() @ c.numpy() for c in coarse])
+    np.testing.assert_allclose(fine.numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("setting, expected", [("simple", 30_056), ("wider", 179_656)])
+def test_coma_parameter_counts_match_deep3dmm_table_2(setting, expected):
+    template = grid_template(71)  # 5041 vertices -> 1261 -> 316 -> 79 -> 20, the CoMA template's coarsest size
+    model = CoMA(template=template, latent_dim=8, **SETTINGS[setting])
+    assert model.level_sizes[-1] == 20
+    assert count_parameters(model) == expected
+
+
+@pytest.mark.parametrize("model_class", [CoMA, SpiralNetPlusPlus])
+def test_metre_space_api_shapes_and_errors(model_class):
+    template = sphere_template(3)
+    model = model_class(template=template).eval()
+    vertices = torch.from_numpy(template.vertices).float()
+    latent = model.encode(vertices[None].repeat(4, 1, 1))
+    assert latent.shape == (4, model.hparams.latent_dim)
+    assert model.decode(latent).shape == (4, template.num_vertices, 3)
+    assert model(vertices).shape == vertices.shape  # a single (V, 3) mesh works too
+    with pytest.raises(ValueError, match=f"expected vertices of shape \\(B, {template.num_vertices}, 3\\)"):
+        model(vertices[:-1])
+    vertices[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model.encode(vertices)
+    with pytest.raises(ValueError, match="needs a template"):
+        model_class()
+
+
+@pytest.mark.parametrize(
+    "model_class, channels",
+    [(CoMA, {"encoder_channels": (16, 16, 32), "decoder_channels": (32, 16, 16, 16)}),
+     (SpiralNetPlusPlus, {"encoder_channels": (32, 32, 64), "spiral_dilation": (1, 1, 1)})],
+)
+def test_models_overfit_a_handful_of_meshes(model_class, channels):
+    collection = sphere_collection(identities=2, expressions=2, frames=4)
+    vertices = torch.from_numpy(collection.vertices)
+    mean, std = vertices.mean(0), vertices.std(0).clamp_min(1e-5)
+    torch.manual_seed(0)
+    # three levels: the 642-vertex sphere's fourth level would have only 3 vertices
+    model = model_class(template=collection.template, mean=mean, std=std, sampling_factors=(4, 4, 4), **channels)
+    optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(500):
+        optimiser.zero_grad()
+        x = model.normalise(vertices)
+        torch.nn.functional.l1_loss(model.decode_normalised(model.encode_normalised(x)), x).backward()
+        optimiser.step()
+    with torch.no_grad():
+        error = (model(vertices) - vertices).norm(dim=-1).mean()
+    mean_shape_error = (mean - vertices).norm(dim=-1).mean()
+    assert error < 0.2 * mean_shape_error, (error, mean_shape_error)
+
+
+def test_lightning_checkpoint_round_trip(tmp_path):
+    data = SphereDataModule(frames=20)
+    model = SpiralNetPlusPlus(template=data.template, mean=data.mean, std=data.std, latent_dim=8)
+    trainer = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    restored = SpiralNetPlusPlus.from_lightning_checkpoint(str(tmp_path / "model.ckpt"))
+    vertices = torch.from_numpy(data.collection.vertices[:3])
+    torch.testing.assert_close(restored(vertices), model.eval()(vertices))
+    torch.testing.assert_close(restored.std, data.std)
+
+
+def test_trimesh_icosphere_is_closed():
+    # The synthetic test data relies on a closed, consistently oriented sphere.
+    assert trimesh.creation.icosphere(subdivisions=2).is_watertight
