@@ -128,8 +128,9 @@ class _Controls:
 def _head_model() -> torch.nn.Module:
     """anny's head model (4200 vertices, 8356 triangles), float32, loaded once per process.
 
-    The first build of this configuration takes ~90 s and is cached by anny in ``~/.cache/anny``. Skinning is anny's
-    dense PyTorch LBS: the default Warp kernel is ~1.7× faster but prints a banner and a CUDA warning from C on import.
+    The first build of this configuration takes ~90 s and is cached by anny in ``~/.cache/anny``; later loads take
+    < 0.1 s. Skinning is anny's dense PyTorch LBS: the default Warp kernel is up to ~1.7× faster here, but importing
+    Warp prints a banner and a CUDA warning (from C) that cannot be silenced cleanly, and skinning is no bottleneck.
     """
     import anny
 
@@ -182,6 +183,10 @@ def _rest_controls(model: torch.nn.Module, phenotypes: np.ndarray, local_changes
                      np.zeros((count, 3)), np.zeros(count, dtype=np.int64), np.zeros(count))
 
 
+def _region_name(prefix: str, side: str) -> str:
+    return f"{prefix}.{side}" if side else prefix
+
+
 def _split_label(label: str) -> tuple[str, str, str]:
     """anny local-change label -> (prefix, side, mirror key): 'l-ear-lobe-incr' -> ('ear', 'L', 'ear-lobe-incr')."""
     side = {"l-": "L", "r-": "R"}.get(label[:2], "")
@@ -199,7 +204,9 @@ def _local_target_response() -> np.ndarray:
                           np.concatenate([np.zeros((1, count)), unit]))
     vertices = _evaluate(model, rest)
     moved = np.linalg.norm(vertices[1:] - vertices[:1], axis=-1)
-    return np.maximum(moved[:count], moved[count:])
+    response = np.maximum(moved[:count], moved[count:])
+    response.setflags(write=False)  # shared by every caller through the cache
+    return response
 
 
 def _semantic_regions(labels: list[str], response: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -211,14 +218,14 @@ def _semantic_regions(labels: list[str], response: np.ndarray) -> tuple[np.ndarr
     claim every vertex, so they are left out.
     """
     split = [_split_label(label) for label in labels]
-    names = [prefix + (f".{side}" if side else "") for prefix in REGION_PREFIXES
+    names = [_region_name(prefix, side) for prefix in REGION_PREFIXES
              for side in sorted({s for p, s, _ in split if p == prefix})]
     peaks = response.max(axis=1, keepdims=True)
     normalised = np.divide(response, peaks, out=np.zeros_like(response), where=peaks > 0)
     local = (normalised >= REGION_THRESHOLD).mean(axis=1) <= GLOBAL_TARGET_COVERAGE
     scores = np.zeros((len(names), response.shape[1]))
     for target, (prefix, side, _) in enumerate(split):
-        name = prefix + (f".{side}" if side else "")
+        name = _region_name(prefix, side)
         if name in names and local[target]:
             scores[names.index(name)] = np.maximum(scores[names.index(name)], normalised[target])
     regions = np.where(scores.max(axis=0) >= REGION_THRESHOLD, scores.argmax(axis=0), len(names))
@@ -296,7 +303,7 @@ def _envelope(t: np.ndarray, shift: np.ndarray) -> np.ndarray:
 
 
 def _sequence(rng: np.random.Generator, preset: FacePreset, recipe_actions: np.ndarray, recipe_local: np.ndarray,
-              identity: tuple[np.ndarray, np.ndarray], jaw_open: int) -> _Controls:
+              identity: tuple[np.ndarray, np.ndarray], jaw_open_index: int) -> _Controls:
     """One expression sequence, neutral -> peak -> neutral, drawn at full rate then subsampled.
 
     The non-linearity fix of the notes: every control reaches its peak at its own time (``STAGGER``), all actions carry
@@ -310,10 +317,11 @@ def _sequence(rng: np.random.Generator, preset: FacePreset, recipe_actions: np.n
     actions, local = np.split(activation, [recipe_actions.size], axis=1)
     count = recipe_actions.size
     amplitude, cycles = rng.uniform(0, ACTION_NOISE, count), rng.uniform(*ACTION_NOISE_CYCLES, count)
-    actions = actions + amplitude * 0.5 * (1 - np.cos(2 * np.pi * (cycles * t[:, None] + rng.random(count))))
-    jaw_degrees = JAW_BONE_SHARE * JAW_DEGREES_PER_UNIT * actions[:, jaw_open]
-    actions[:, jaw_open] *= 1 - JAW_BONE_SHARE
-    amplitude, cycles = rng.uniform(0, WOBBLE_DEGREES, 3), rng.uniform(*WOBBLE_CYCLES, 3)
+    phase = rng.random(count)  # the noise is non-negative (actions live in [0, 1]) and starts anywhere in its cycle
+    actions = actions + amplitude * 0.5 * (1 - np.cos(2 * np.pi * (cycles * t[:, None] + phase)))
+    jaw_degrees = JAW_BONE_SHARE * JAW_DEGREES_PER_UNIT * actions[:, jaw_open_index]
+    actions[:, jaw_open_index] *= 1 - JAW_BONE_SHARE
+    amplitude, cycles = rng.uniform(0, WOBBLE_DEGREES, 3), rng.uniform(*WOBBLE_CYCLES, 3)  # nod (X), tilt (Y), turn (Z)
     head_rotation = np.deg2rad(amplitude * np.sin(2 * np.pi * (cycles * t[:, None] + rng.random(3))))
     phenotypes, shape = identity
     return _Controls(np.tile(phenotypes, (len(t), 1)), shape + local, np.clip(actions, 0.0, 1.0), jaw_degrees,
