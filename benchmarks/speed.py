@@ -34,7 +34,7 @@ REFERENCE_PORTS = {
 
 
 def coma_sized_sphere(num_vertices: int = 5023) -> Template:
-    """A closed mesh with exactly ``num_vertices`` vertices (convex hull of a Fibonacci sphere), ~10k faces like CoMA's."""
+    """A closed mesh of exactly ``num_vertices`` vertices (convex hull of a Fibonacci sphere), ~10k faces like CoMA."""
     i = np.arange(num_vertices) + 0.5
     polar, azimuth = np.arccos(1 - 2 * i / num_vertices), np.pi * (1 + 5**0.5) * i
     points = 0.1 * np.stack([np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)], 1)

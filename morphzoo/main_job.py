@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,9 @@ def write_report(results: list[dict], out: Path, size: str, total_seconds: float
 
 def run_main_job(args: argparse.Namespace) -> Path:
     start = time.perf_counter()
+    # The job drives LightningCLI from Python on purpose; keep the console readable.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=DeprecationWarning)
     from morphzoo.data.synth.face import load_anny_face
 
     print(f"[main-job] generating (or loading) anny-face '{args.size}' ...", flush=True)

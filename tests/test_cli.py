@@ -1,7 +1,6 @@
 """The command line, run the way users run it: as subprocesses, from recipes."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,11 +45,19 @@ def test_fit_links_data_into_the_model_and_logs_metrics(tmp_path):
     # linked values are not recipe numbers: the saved config does not spell out the template or statistics
     assert "template" not in config["model"]["init_args"]
 
+    checkpoint = next((tmp_path / "run" / "version_0" / "checkpoints").glob("*.ckpt"))
+    for subcommand in ("test", "predict"):
+        result = run([sys.executable, "-m", "morphzoo", subcommand, "-c", str(recipe), f"--ckpt_path={checkpoint}"])
+        if subcommand == "test":
+            assert "test/error_mean_mm" in result.stdout
+
 
 def test_lightning_console_script_runs_a_recipe(tmp_path):
-    script = shutil.which("lightning")
-    assert script is not None, "the `lightning` console script is not installed: run scripts/install.sh"
-    run([script, "fit", "-c", str(write_recipe(tmp_path, fast_dev_run=True))])
+    # pip puts console scripts beside the interpreter (PATH shims, e.g. pyenv's, may not know new ones yet)
+    script = Path(sys.executable).parent / "lightning"
+    assert script.exists(), "the `lightning` console script is not installed: run scripts/install.sh"
+    result = run([str(script), "fit", "-c", str(write_recipe(tmp_path, fast_dev_run=True))])
+    assert "Running in `fast_dev_run` mode" in result.stdout + result.stderr
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):
@@ -95,3 +102,17 @@ def test_malformed_recipe_gives_a_clear_error(tmp_path):
 def test_recipes_run_on_anny_face(recipe, tmp_path):
     run([sys.executable, "-m", "morphzoo", "fit", "-c", recipe, "-c", "recipes/quick.yaml",
          f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+
+
+@pytest.mark.slow
+def test_main_job_writes_a_report(tmp_path):
+    result = run([sys.executable, "-m", "morphzoo", "main-job", "--size", "tiny", "--minutes-per-model", "0.1",
+                  "--out", str(tmp_path)])
+    report = (tmp_path / "report.md").read_text()
+    assert f"report written to {tmp_path / 'report.md'}" in result.stdout
+    for name in ("SpiralNetPlusPlus", "CoMA"):
+        assert name in report
+    for picture in ("cumulative_error.png", "spiralnet_reconstruction.png", "coma_reconstruction.png"):
+        assert (tmp_path / picture).stat().st_size > 10_000
+    results = yaml.safe_load((tmp_path / "results.json").read_text())
+    assert all(0 < r["mean"] < 100 and r["median"] <= r["mean"] + r["std"] for r in results.values())

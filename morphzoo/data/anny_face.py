@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from morphzoo.data.base import MeshDataModule
 from morphzoo.data.collection import MeshCollection
 
@@ -14,20 +12,11 @@ class AnnyFaceDataModule(MeshDataModule):
     Args:
         size: ``tiny`` (tests), ``small`` (the main job) or ``full`` (about CoMA's size).
         seed: generator seed; the same seed gives bitwise identical meshes.
-        split, held_out_expression, test_identities, batch_size, num_workers: see :class:`MeshDataModule`.
+        **kwargs: split, batch size and loader options of :class:`MeshDataModule`.
     """
 
-    def __init__(
-        self,
-        size: str = "small",
-        seed: int = 0,
-        split: str = "interpolation",
-        held_out_expression: str | None = None,
-        test_identities: Sequence[str] | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(split, held_out_expression, test_identities, batch_size, num_workers)
+    def __init__(self, size: str = "small", seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.size, self.seed = size, seed
 
     def load_collection(self) -> MeshCollection:
