@@ -27,7 +27,7 @@ class VertexError(Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, curve_max_mm: float = 5.0, curve_points: int = 101, **kwargs) -> None:
+    def __init__(self, curve_max_mm: float = 10.0, curve_points: int = 101, **kwargs) -> None:
         super().__init__(**kwargs)
         self.curve_max_mm, self.curve_points = curve_max_mm, curve_points
         self.add_state("errors", default=[], dist_reduce_fx="cat")

@@ -35,7 +35,7 @@ def _draw_mesh(ax, vertices: np.ndarray, faces: np.ndarray, face_colors, view: M
     for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre, strict=True):
         setter(c - radius, c + radius)
     ax.view_init(**view)
-    ax.set_box_aspect((1, 1, 1))
+    ax.set_box_aspect((1, 1, 1), zoom=1.4)
     ax.set_axis_off()
 
 
