@@ -6,9 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from morphzoo.loggers import wandb_logged_in
+from morphzoo.methods import SpiralNetPlusPlus
+from tests.synthetic import SphereDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +49,9 @@ def test_fit_links_data_into_the_model_and_logs_metrics(tmp_path):
     assert "template" not in config["model"]["init_args"]
 
     checkpoint = next((tmp_path / "run" / "version_0" / "checkpoints").glob("*.ckpt"))
+    model = SpiralNetPlusPlus.from_lightning_checkpoint(str(checkpoint))  # a CLI checkpoint loads without the CLI
+    meshes = torch.from_numpy(SphereDataModule(frames=40).collection.vertices[:2])
+    assert model(meshes).shape == meshes.shape
     for subcommand in ("test", "predict"):
         result = run([sys.executable, "-m", "morphzoo", subcommand, "-c", str(recipe), f"--ckpt_path={checkpoint}"])
         if subcommand == "test":

@@ -65,6 +65,14 @@ def test_coma_parameter_counts_match_deep3dmm_table_2(setting, expected):
     assert count_parameters(model) == expected
 
 
+def test_spiralnet_parameter_count_matches_the_reference_port():
+    # The MIT SpiralNet++ port has 154,899 parameters on the CoMA template (performance-anchors.md); only the
+    # coarsest level's size (20 vertices) enters the count.
+    model = SpiralNetPlusPlus(template=grid_template(71))
+    assert model.level_sizes[-1] == 20
+    assert count_parameters(model) == 154_899
+
+
 @pytest.mark.parametrize("model_class", [CoMA, SpiralNetPlusPlus])
 def test_metre_space_api_shapes_and_errors(model_class):
     template = sphere_template(3)

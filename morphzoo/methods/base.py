@@ -144,6 +144,8 @@ class MorphableModel(L.LightningModule):
         state = checkpoint["state_dict"]
         template = Template(vertices=state["template_vertices"].double().numpy(),
                             faces=state["template_faces"].numpy())
-        model = cls(template=template, mean=state["mean"], std=state["std"], **checkpoint["hyper_parameters"])
+        # LightningCLI adds bookkeeping entries such as ``_class_path``: they are not constructor arguments.
+        hyperparameters = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+        model = cls(template=template, mean=state["mean"], std=state["std"], **hyperparameters)
         model.load_state_dict(state, strict=True)
         return model.eval()
