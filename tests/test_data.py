@@ -62,6 +62,7 @@ def test_datamodule_statistics_and_batches():
     np.testing.assert_array_equal(batch["identity"].numpy(), data.collection.labels["identity"][index])
     np.testing.assert_array_equal(batch["neutral"].numpy(), data.collection.neutral[batch["identity"].numpy()])
     assert set(index) <= set(data.split_indices["train"])
+    assert data.vocabularies["expression"][int(batch["expression"][0])].startswith("e")
 
 
 def test_collection_round_trip_and_incomplete_folder(tmp_path, collection):

@@ -100,6 +100,11 @@ class MeshDataModule(L.LightningDataModule):
     def template(self) -> Template:
         return self.collection.template
 
+    @property
+    def vocabularies(self) -> dict[str, tuple[str, ...]]:
+        """Names of the integer labels, e.g. ``{"identity": (...), "expression": (...)}``."""
+        return self.collection.vocabularies
+
     @cached_property
     def _statistics(self) -> tuple[Tensor, Tensor]:
         train = self.split_indices["train"]
