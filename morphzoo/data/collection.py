@@ -40,6 +40,9 @@ class MeshCollection:
 
     def __post_init__(self) -> None:
         n = len(self.vertices)
+        # The array is rectangular, so the first mesh's shape is every mesh's. Finiteness is checked on the first mesh
+        # only: scanning a memory-mapped dataset on every load would cost seconds, and readers and generators
+        # validate each mesh when they create it.
         self.template.check_vertices(self.vertices[:1] if n else np.zeros((0, self.template.num_vertices, 3)),
                                      "MeshCollection")
         for name, values in self.labels.items():
