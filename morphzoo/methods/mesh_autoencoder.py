@@ -1,4 +1,4 @@
-"""The hierarchical mesh autoencoder shared by CoMA, Neural3DMM and SpiralNet++.
+"""The hierarchical mesh autoencoder shared by CoMA and SpiralNet++ (and the Neural3DMM to come).
 
 Encoder: for each level ``i`` of a QEM hierarchy, ``conv -> activation -> down-sample``; flatten the coarsest level
 and map it to the latent code with a linear layer. Decoder: a linear layer back to the coarsest level, then
