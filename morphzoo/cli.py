@@ -1,4 +1,5 @@
-"""Command line: ``morphzoo fit|validate|test|predict -c recipes/NAME.yaml`` (LightningCLI) and ``morphzoo main-job``.
+"""Command line: ``morphzoo fit|validate|test|predict -c recipes/NAME.yaml`` (LightningCLI), ``morphzoo main-job`` and
+``morphzoo export-dataset``.
 
 morphzoo also installs a ``lightning`` console script with the same Lightning sub-commands, because the mission promises
 ``lightning fit -c recipes/NAME.yaml`` and Lightning >= 2.5.1 ships no such command.
@@ -54,15 +55,41 @@ def main(argv: Sequence[str] | None = None) -> None:
         MorphzooCLI(args=argv)
         return
     parser = argparse.ArgumentParser(prog="morphzoo", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(LIGHTNING_SUBCOMMANDS) + ",main-job}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="{" + ",".join(LIGHTNING_SUBCOMMANDS) + ",main-job,export-dataset}")
     for name in LIGHTNING_SUBCOMMANDS:
         commands.add_parser(name, help=f"Lightning {name} from a recipe (morphzoo {name} -c recipes/NAME.yaml)")
     job = commands.add_parser("main-job", help="generate anny-face, train, evaluate and write a report")
     from morphzoo.main_job import add_arguments, run_main_job
 
     add_arguments(job)
+    export = commands.add_parser("export-dataset", help="write an embedded anny dataset in a real dataset's format")
+    _add_export_arguments(export)
     args = parser.parse_args(argv)
     if args.command == "main-job":
         run_main_job(args)
+    elif args.command == "export-dataset":
+        _export_dataset(args)
     else:
         parser.print_help()
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from morphzoo.data.anny import ANNY_DATASETS
+    from morphzoo.data.export import FORMATS
+
+    parser.add_argument("dataset", choices=list(ANNY_DATASETS), help="the embedded dataset")
+    parser.add_argument("format", choices=FORMATS, help="the on-disk format to write")
+    parser.add_argument("root", help="a new (or empty) folder to write into")
+    parser.add_argument("--size", default="tiny", help="dataset preset: tiny, small or full (default: tiny)")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    parser.add_argument("--suffix", default=".ply", choices=[".ply", ".obj"], help="mesh file type where it is free")
+
+
+def _export_dataset(args: argparse.Namespace) -> None:
+    from morphzoo.data.anny import load_anny_dataset
+    from morphzoo.data.export import export_collection
+
+    collection = load_anny_dataset(args.dataset, args.size, args.seed)
+    root = export_collection(collection, args.format, args.root, args.suffix)
+    print(f"wrote {len(collection)} meshes of {args.dataset} ({args.size}) as {args.format} to {root}")

@@ -64,9 +64,14 @@ class MeshDataModule(L.LightningDataModule):
     """Base DataModule for registered-mesh datasets (see the module docstring).
 
     Args:
-        split: split protocol (``interpolation``, ``extrapolation``, ``identity``; see :mod:`morphzoo.data.splits`).
+        split: split protocol (see :mod:`morphzoo.data.splits`): ``interpolation``, ``pyg-interpolation``,
+            ``extrapolation``, ``sequence``, ``identity``, ``random`` or ``file``.
         held_out_expression: the test expression of the ``extrapolation`` split.
+        held_out_sequences: the test sequences of the ``sequence`` split.
         test_identities: the test subjects of the ``identity`` split.
+        test_size: the ``random`` split's test meshes: a count (int) or a fraction (float).
+        split_seed: the ``random`` split's seed.
+        split_file: the ``file`` split's JSON file of mesh names.
         batch_size: training batch size (evaluation uses the same).
         num_workers: DataLoader worker processes.
     """
@@ -75,13 +80,21 @@ class MeshDataModule(L.LightningDataModule):
         self,
         split: str = "interpolation",
         held_out_expression: str | None = None,
+        held_out_sequences: Sequence[str] | None = None,
         test_identities: Sequence[str] | None = None,
+        test_size: int | float = 0.1,
+        split_seed: int = 0,
+        split_file: str | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.split, self.held_out_expression = split, held_out_expression
-        self.test_identities = None if test_identities is None else list(test_identities)
+        self.split_arguments = {
+            "protocol": split, "held_out_expression": held_out_expression,
+            "held_out_sequences": None if held_out_sequences is None else list(held_out_sequences),
+            "test_identities": None if test_identities is None else list(test_identities),
+            "test_size": test_size, "split_seed": split_seed, "split_file": split_file,
+        }
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def load_collection(self) -> MeshCollection:
@@ -92,9 +105,13 @@ class MeshDataModule(L.LightningDataModule):
     def collection(self) -> MeshCollection:
         return self.load_collection()
 
+    def resolved_split_arguments(self) -> dict:
+        """The arguments of :func:`~morphzoo.data.splits.split_indices`; datasets fill in their protocol defaults."""
+        return dict(self.split_arguments)
+
     @cached_property
     def split_indices(self) -> dict[str, np.ndarray]:
-        return split_indices(self.collection, self.split, self.held_out_expression, self.test_identities)
+        return split_indices(self.collection, **self.resolved_split_arguments())
 
     @property
     def template(self) -> Template:

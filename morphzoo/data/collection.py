@@ -12,6 +12,7 @@ from morphzoo.cache import atomic_save_npz
 from morphzoo.mesh.template import Template
 
 FORMAT_VERSION = 1
+VERTICES_FILE = "vertices.npy"
 
 
 @dataclass(eq=False)
@@ -29,6 +30,8 @@ class MeshCollection:
         vocabularies: names for integer labels, e.g. ``{"identity": (...subject names...), "expression": (...)}``.
         neutral: optional (num_identities, V, 3) float32 neutral mesh of each identity (index = ``identity`` label).
         attributes: free-form JSON-able metadata (generator, seed, preset, ...).
+        names: optional name of each mesh (for readers: the file's path relative to the dataset root, or
+            ``<hdf5 key>/<frame>``), used by error messages, the ``file`` split and exporters.
     """
 
     vertices: np.ndarray
@@ -37,6 +40,7 @@ class MeshCollection:
     vocabularies: dict[str, tuple[str, ...]] = field(default_factory=dict)
     neutral: np.ndarray | None = None
     attributes: dict = field(default_factory=dict)
+    names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.vertices)
@@ -50,6 +54,10 @@ class MeshCollection:
                 raise ValueError(f"MeshCollection: label '{name}' has {len(values)} entries for {n} meshes")
         if self.neutral is not None:
             self.template.check_vertices(self.neutral, "MeshCollection neutral meshes")
+        if self.names is not None:
+            self.names = tuple(self.names)
+            if len(self.names) != n:
+                raise ValueError(f"MeshCollection: {len(self.names)} names for {n} meshes")
 
     def __len__(self) -> int:
         return len(self.vertices)
@@ -61,9 +69,14 @@ class MeshCollection:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / "vertices.npy", np.ascontiguousarray(self.vertices, dtype=np.float32))
+        if _backed_by(self.vertices, directory / VERTICES_FILE):
+            self.vertices.flush()  # streamed into place by a reader (see allocate_vertices)
+        else:
+            np.save(directory / VERTICES_FILE, np.ascontiguousarray(self.vertices, dtype=np.float32))
         meta = {f"label_{k}": np.asarray(v) for k, v in self.labels.items()}
         meta.update({f"vocab_{k}": np.array(v, dtype=str) for k, v in self.vocabularies.items()})
+        if self.names is not None:
+            meta["names"] = np.array(self.names, dtype=str)
         if self.neutral is not None:
             meta["neutral"] = np.asarray(self.neutral, dtype=np.float32)
         atomic_save_npz(directory / "meta.npz", meta)
@@ -76,7 +89,7 @@ class MeshCollection:
     def load(cls, directory: Path, mmap: bool = True) -> MeshCollection:
         """Read a collection written by :meth:`save`; vertices are memory-mapped unless ``mmap=False``."""
         directory = Path(directory)
-        for name in ("vertices.npy", "meta.npz", "template.npz", "info.json"):
+        for name in (VERTICES_FILE, "meta.npz", "template.npz", "info.json"):
             if not (directory / name).exists():
                 raise FileNotFoundError(f"{directory / name} is missing: the collection is incomplete; delete "
                                         f"{directory} so it is rebuilt")
@@ -84,12 +97,28 @@ class MeshCollection:
         if info.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{directory}: format version {info.get('format_version')} != {FORMAT_VERSION}; "
                              "delete the folder so it is rebuilt")
-        vertices = np.load(directory / "vertices.npy", mmap_mode="r" if mmap else None)
+        vertices = np.load(directory / VERTICES_FILE, mmap_mode="r" if mmap else None)
         with np.load(directory / "meta.npz", allow_pickle=False) as meta:
             labels = {k[len("label_"):]: meta[k] for k in meta.files if k.startswith("label_")}
             vocabularies = {k[len("vocab_"):]: tuple(str(s) for s in meta[k])
                             for k in meta.files if k.startswith("vocab_")}
             neutral = meta["neutral"] if "neutral" in meta.files else None
+            names = tuple(str(s) for s in meta["names"]) if "names" in meta.files else None
         with np.load(directory / "template.npz", allow_pickle=False) as arrays:
             template = Template.from_arrays({k: arrays[k] for k in arrays.files})
-        return cls(vertices, template, labels, vocabularies, neutral, info.get("attributes", {}))
+        return cls(vertices, template, labels, vocabularies, neutral, info.get("attributes", {}), names)
+
+
+def allocate_vertices(directory: Path, count: int, num_vertices: int) -> np.memmap:
+    """A writable (count, V, 3) float32 array backed by ``directory``'s vertex file.
+
+    Readers of large datasets stream meshes into it, so no dataset ever has to fit in memory; a
+    :class:`MeshCollection` holding it then saves into the same ``directory`` without copying.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(directory / VERTICES_FILE, mode="w+", dtype=np.float32,
+                                     shape=(count, num_vertices, 3))
+
+
+def _backed_by(array: np.ndarray, path: Path) -> bool:
+    return isinstance(array, np.memmap) and array.filename is not None and Path(array.filename) == path.resolve()

@@ -38,30 +38,34 @@ def read_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mesh file not found: {path}")
-    file_type = path.suffix.lower().lstrip(".")
-    data = path.read_bytes()
+    return parse_mesh(path.read_bytes(), path.suffix, str(path))
+
+
+def parse_mesh(data: bytes, suffix: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_mesh` on a file's bytes (e.g. a member of a zip archive); ``source`` names it in errors."""
+    file_type = suffix.lower().lstrip(".")
     if file_type == "obj":
         data = _without_obj_grouping(data)
     try:
         mesh = trimesh.load(io.BytesIO(data), file_type=file_type, process=False, maintain_order=True, force="mesh")
     except Exception as error:  # trimesh's loaders raise many exception types on malformed input
-        raise ValueError(f"{path}: cannot read the mesh ({type(error).__name__}: {error})") from error
+        raise ValueError(f"{source}: cannot read the mesh ({type(error).__name__}: {error})") from error
     vertices = np.asarray(mesh.vertices, dtype=np.float32)
     faces = np.asarray(getattr(mesh, "faces", np.empty((0, 3))), dtype=np.int64)
     if len(faces) == 0:
-        raise ValueError(f"{path}: no triangle faces (empty, a point cloud, or not a mesh file)")
+        raise ValueError(f"{source}: no triangle faces (empty, truncated, a point cloud, or not a mesh file)")
     declared = _declared_counts(data, file_type)
     if declared is not None and declared[1] != len(faces):
         raise ValueError(
-            f"{path}: {declared[1]} polygons became {len(faces)} triangles: only triangle meshes are supported "
+            f"{source}: {declared[1]} polygons became {len(faces)} triangles: only triangle meshes are supported "
             "(a quad or polygon mesh would be silently triangulated)"
         )
     if declared is not None and declared[0] != len(vertices):
-        raise ValueError(f"{path}: {declared[0]} vertices in the file but {len(vertices)} read: order not preserved")
+        raise ValueError(f"{source}: {declared[0]} vertices in the file but {len(vertices)} read: order not preserved")
     if faces.min() < 0 or faces.max() >= len(vertices):
-        raise ValueError(f"{path}: faces index vertices outside [0, {len(vertices)})")
+        raise ValueError(f"{source}: faces index vertices outside [0, {len(vertices)})")
     if not np.isfinite(vertices).all():
-        raise ValueError(f"{path}: vertices contain NaN or infinite values")
+        raise ValueError(f"{source}: vertices contain NaN or infinite values")
     return vertices, faces
 
 
@@ -97,18 +101,22 @@ def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray)
     Vertices are stored as float32 (PLY) or with 9 significant digits (OBJ): both round-trip float32 exactly.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    _atomic_write(path, mesh_bytes(vertices, faces, path.suffix, str(path)))
+
+
+def mesh_bytes(vertices: np.ndarray, faces: np.ndarray, suffix: str, destination: str = "mesh") -> bytes:
+    """The bytes :func:`write_mesh` writes for a ``suffix`` file (e.g. to store meshes in a zip archive)."""
+    suffix = suffix.lower()
     if suffix not in WRITABLE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported mesh format '{suffix}', use one of {WRITABLE_SUFFIXES}")
+        raise ValueError(f"{destination}: unsupported mesh format '{suffix}', use one of {WRITABLE_SUFFIXES}")
     vertices = np.asarray(vertices, dtype=np.float32)
     faces = np.asarray(faces, dtype=np.int64)
     if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"{path}: expected (V, 3) vertices and (F, 3) faces, got {vertices.shape} and {faces.shape}")
+        raise ValueError(f"{destination}: expected (V, 3) vertices and (F, 3) faces, got {vertices.shape} and "
+                         f"{faces.shape}")
     if suffix == ".ply":
-        data = trimesh.Trimesh(vertices, faces, process=False).export(file_type="ply", encoding="binary")
-    else:
-        data = _obj_bytes(vertices, faces)
-    _atomic_write(path, data)
+        return trimesh.Trimesh(vertices, faces, process=False).export(file_type="ply", encoding="binary")
+    return _obj_bytes(vertices, faces)
 
 
 def _obj_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:

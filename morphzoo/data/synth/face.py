@@ -151,8 +151,10 @@ def _rotation_matrices(rotation_vectors: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_exp(skew)
 
 
-def _evaluate(model: torch.nn.Module, controls: _Controls, progress: bool = False) -> np.ndarray:
-    """Run anny on every row of ``controls`` in batches of ``BATCH``; returns (N, V, 3) float32 vertices."""
+def _evaluate(model: torch.nn.Module, controls: _Controls, progress: bool = False,
+              name: str = "anny-face") -> np.ndarray:
+    """Run anny on every row of ``controls`` in batches of ``BATCH``; returns (N, V, 3) float32 vertices. ``name``
+    labels the progress line."""
     count = len(controls.frame)
     vertices = np.empty((count, len(model.template_vertices), 3), dtype=np.float32)
     jaw, head = model.bone_labels.index("jaw"), model.bone_labels.index("head")
@@ -170,7 +172,7 @@ def _evaluate(model: torch.nn.Module, controls: _Controls, progress: bool = Fals
                            facial_actions=as_tensor(controls.actions[rows]))
         vertices[rows] = output["vertices"].numpy()
         if progress:
-            print(f"\ranny-face: {min(start + BATCH, count)}/{count} meshes", end="", file=sys.stderr, flush=True)
+            print(f"\r{name}: {min(start + BATCH, count)}/{count} meshes", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
     return vertices

@@ -1,0 +1,107 @@
+"""Reading a dataset's raw files once into morphzoo's cache.
+
+Every reader of a real dataset turns the files its owners distribute into a :class:`MeshCollection` stored in the
+cache as a memory-mappable array. The entry is keyed by the raw files' fingerprint (relative path, size and
+modification time of every file, plus the reader's options and version), so editing, adding or removing a file
+rebuilds it, and it is written atomically: an interrupted read leaves nothing a later run would trust. Meshes stream
+into the array as they are read, so a dataset never has to fit in memory, and are read by a few threads (parsing
+releases the GIL in numpy).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from morphzoo.cache import atomic_directory, cache_dir, content_hash
+from morphzoo.data.collection import MeshCollection
+from morphzoo.mesh.io import read_mesh, read_template
+from morphzoo.mesh.template import Template
+
+READER_VERSION = 1  # bump when a reader's output changes: it is part of every cache key
+MESH_SUFFIXES = (".ply", ".obj", ".off", ".stl")
+READ_THREADS = 4
+
+MeshReader = Callable[[], tuple[np.ndarray, np.ndarray]]
+"""Returns one mesh's (V, 3) vertices and (F, 3) faces; raises an error that names the mesh on bad input."""
+
+
+def require_root(root: str | os.PathLike, dataset: str, expected: str) -> Path:
+    """``root`` as a Path, or a FileNotFoundError saying what the dataset's ``root`` should point at."""
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{dataset}: {path} does not exist; set `root` to {expected}")
+    return path
+
+
+def mesh_files(root: Path, suffixes: Sequence[str] = MESH_SUFFIXES) -> list[Path]:
+    """The mesh files under ``root`` (recursively), sorted by relative path."""
+    suffixes = tuple(s.lower() for s in suffixes)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+
+
+def files_fingerprint(root: Path, files: Sequence[Path]) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime in ns) of each file: changes whenever a file is edited, added or removed."""
+    stats = []
+    for path in files:
+        stat = path.stat()
+        stats.append((path.relative_to(root).as_posix() if path != root else path.name, stat.st_size,
+                      stat.st_mtime_ns))
+    return stats
+
+
+def cached_collection(dataset: str, key: object, build: Callable[[Path], MeshCollection]) -> MeshCollection:
+    """The collection ``build(directory)`` makes, read once into ``<cache>/datasets`` and memory-mapped afterwards.
+
+    ``key`` must capture everything the result depends on (the raw files' fingerprint and the reader's options).
+    ``build`` may stream vertices into ``directory`` with :func:`~morphzoo.data.collection.allocate_vertices`.
+    """
+    path = cache_dir() / "datasets" / f"{dataset}-{content_hash(READER_VERSION, key)}"
+    atomic_directory(path, lambda tmp: build(tmp).save(tmp))
+    return MeshCollection.load(path)
+
+
+def template_from(template: str | os.PathLike | None, first_mesh: MeshReader, name: str) -> Template:
+    """The dataset's template: the mesh file ``template`` if given, else the dataset's first mesh."""
+    if template is not None:
+        return read_template(template, name=name)
+    vertices, faces = first_mesh()
+    return Template(vertices=vertices, faces=faces, name=name)
+
+
+def file_reader(path: Path) -> MeshReader:
+    return lambda: read_mesh(path)
+
+
+def read_meshes_into(out: np.ndarray, readers: Sequence[MeshReader], names: Sequence[str], template: Template,
+                     dataset: str) -> None:
+    """Read mesh ``i`` into ``out[i]``, checking that it has the template's topology.
+
+    Raises:
+        ValueError: a mesh has another vertex count or other faces than the template (naming the mesh).
+    """
+
+    def read(i: int) -> None:
+        vertices, faces = readers[i]()
+        check_topology(vertices, faces, template, names[i], dataset)
+        out[i] = vertices
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        for _ in pool.map(read, range(len(readers))):
+            pass
+
+
+def check_topology(vertices: np.ndarray, faces: np.ndarray | None, template: Template, name: str,
+                   dataset: str) -> None:
+    """Raise a clear error if one mesh does not share the dataset's topology (``faces=None``: count only)."""
+    if len(vertices) != template.num_vertices:
+        raise ValueError(f"{dataset}: {name} has {len(vertices)} vertices but the template ({template.name}) has "
+                         f"{template.num_vertices}: every mesh must be registered to one topology; re-register or "
+                         "remove this mesh")
+    if faces is not None and not np.array_equal(faces, template.faces):
+        raise ValueError(f"{dataset}: {name} has the template's vertex count but different faces: it is not "
+                         f"registered to the same topology as {template.name}; re-register or remove this mesh")
