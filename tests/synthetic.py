@@ -6,6 +6,7 @@ import numpy as np
 import trimesh
 
 from morphzoo.data.base import MeshDataModule
+from morphzoo.data.bu3dfe import ETHNICITIES, EXPRESSIONS
 from morphzoo.data.collection import MeshCollection
 from morphzoo.mesh.template import Template
 
@@ -42,6 +43,20 @@ def sphere_collection(identities: int = 3, expressions: int = 3, frames: int = 2
                       "expression": tuple(f"e{e}" for e in range(expressions))},
         neutral=(rest[None] * scales[:, None]).astype(np.float32),
     )
+
+
+def bu3dfe_like(subjects: int = 12, subdivisions: int = 1) -> MeshCollection:
+    """A BU-3DFE-shaped collection on a small sphere: neutral + 6 expressions × 4 levels per subject."""
+    base = sphere_collection(identities=subjects, expressions=7, frames=5, subdivisions=subdivisions)
+    expression, level = base.labels["expression"], base.labels["frame"]
+    rows = [row for row in range(len(base)) if (expression[row] == 0) == (level[row] == 0)]
+    names = tuple(sorted(f"F{k + 1:04d}" if k % 3 else f"M{k + 1:04d}" for k in range(subjects)))
+    return MeshCollection(
+        vertices=base.vertices[rows], template=base.template,
+        labels={"identity": base.labels["identity"][rows], "expression": base.labels["expression"][rows],
+                "level": base.labels["frame"][rows], "ethnicity": base.labels["identity"][rows] % 6},
+        vocabularies={"identity": names, "expression": EXPRESSIONS, "ethnicity": ETHNICITIES},
+        neutral=base.vertices[[r for r in rows if base.labels["frame"][r] == 0]])
 
 
 class SphereDataModule(MeshDataModule):

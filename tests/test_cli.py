@@ -9,9 +9,11 @@ import pytest
 import torch
 import yaml
 
+from morphzoo.data.collection import MeshCollection
+from morphzoo.data.export import export_collection
 from morphzoo.loggers import wandb_logged_in
 from morphzoo.methods import SpiralNetPlusPlus
-from tests.synthetic import SphereDataModule
+from tests.synthetic import SphereDataModule, bu3dfe_like, sphere_collection
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,10 +106,31 @@ def test_malformed_recipe_gives_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["recipes/coma.yaml", "recipes/spiralnet.yaml"])
-def test_recipes_run_on_anny_face(recipe, tmp_path):
+@pytest.mark.parametrize("recipe", ["recipes/coma.yaml", "recipes/spiralnet.yaml", "recipes/spiralnet-anny-bu3dfe.yaml",
+                                    "recipes/spiralnet-anny-body.yaml", "recipes/spiralnet-anny-hand.yaml"])
+def test_recipes_run_on_the_embedded_data(recipe, tmp_path):
     run([sys.executable, "-m", "morphzoo", "fit", "-c", recipe, "-c", "recipes/quick.yaml",
          f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+
+
+REAL_DATA_RECIPES = {  # recipe -> (export format, fixture)
+    "spiralnet-coma": ("coma", lambda: sphere_collection(3, 4, 25)),
+    "spiralnet-dfaust": ("dfaust", lambda: sphere_collection(3, 4, 25)),
+    "spiralnet-bu3dfe": ("bu3dfe", lambda: bu3dfe_like(subdivisions=3)),
+    "spiralnet-synhand": ("folder", lambda: MeshCollection(sphere_collection(3, 4, 25).vertices,
+                                                           sphere_collection(1, 1, 1).template)),
+    "spiralnet-folder": ("folder", lambda: sphere_collection(3, 4, 25)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(REAL_DATA_RECIPES))
+def test_real_data_recipes_run_once_root_points_at_the_data(recipe, tmp_path):
+    format, fixture = REAL_DATA_RECIPES[recipe]
+    root = export_collection(fixture(), format, tmp_path / "data")
+    extra = ["--data.init_args.test_size=20"] if recipe == "spiralnet-synhand" else []
+    run([sys.executable, "-m", "morphzoo", "fit", "-c", f"recipes/{recipe}.yaml", f"--data.init_args.root={root}",
+         "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", *extra])
 
 
 @pytest.mark.slow

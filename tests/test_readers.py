@@ -14,7 +14,7 @@ import pytest
 
 from morphzoo.cache import cache_dir
 from morphzoo.data import coma
-from morphzoo.data.bu3dfe import EXPRESSIONS, BU3DFEDataModule, read_bu3dfe
+from morphzoo.data.bu3dfe import BU3DFEDataModule, read_bu3dfe
 from morphzoo.data.collection import MeshCollection
 from morphzoo.data.coma import CoMADataModule, read_coma
 from morphzoo.data.dfaust import read_dfaust
@@ -22,27 +22,12 @@ from morphzoo.data.export import export_collection
 from morphzoo.data.folder import MeshFolderDataModule, SynHandDataModule, read_mesh_folder
 from morphzoo.data.splits import split_indices
 from morphzoo.mesh.io import write_mesh
-from tests.synthetic import sphere_collection
+from tests.synthetic import bu3dfe_like, sphere_collection
 
 
 @pytest.fixture(scope="module")
 def faces_data():
     return sphere_collection(identities=3, expressions=4, frames=25, subdivisions=1)
-
-
-def bu3dfe_like(subjects=12):
-    """A BU-3DFE-shaped collection on a small sphere: neutral + 6 expressions × 4 levels per subject."""
-    base = sphere_collection(identities=subjects, expressions=7, frames=5, subdivisions=1)
-    expression, level = base.labels["expression"], base.labels["frame"]
-    rows = [row for row in range(len(base)) if (expression[row] == 0) == (level[row] == 0)]
-    names = tuple(sorted(f"F{k + 1:04d}" if k % 3 else f"M{k + 1:04d}" for k in range(subjects)))
-    return MeshCollection(
-        vertices=base.vertices[rows], template=base.template,
-        labels={"identity": base.labels["identity"][rows], "expression": base.labels["expression"][rows],
-                "level": base.labels["frame"][rows], "ethnicity": base.labels["identity"][rows] % 6},
-        vocabularies={"identity": names, "expression": EXPRESSIONS,
-                      "ethnicity": ("WH", "BL", "AE", "AM", "LA", "IN")},
-        neutral=base.vertices[[r for r in rows if base.labels["frame"][r] == 0]])
 
 
 def assert_same_meshes(read: MeshCollection, original: MeshCollection, labels=("identity", "expression", "frame")):
