@@ -5,9 +5,10 @@ Reports, for CoMA and SpiralNet++:
 - decode latency at batch 1 and batch 64 (CPU, inference mode),
 on two templates: the anny-face head (4200 vertices) and a closed 5023-vertex sphere whose QEM levels have the CoMA
 template's sizes (5023/1256/314/79/20), comparable with the reference ports' numbers in
-``shared/notes/performance-anchors.md`` (measured on a 2-core machine of this kind). Also the anny-face generation rate.
+``shared/notes/performance-anchors.md`` (measured on a 2-core machine of this kind). Data loading and generation
+rates are in ``benchmarks/data.py``.
 
-    python benchmarks/speed.py [--skip-generation] [--out runs/benchmarks/speed.json]
+    python benchmarks/speed.py [--skip-anny] [--out runs/benchmarks/speed.json]
 """
 
 from __future__ import annotations
@@ -80,26 +81,16 @@ def measure_model(model: torch.nn.Module, steps: int) -> dict[str, float]:
     }
 
 
-def generation_rate() -> dict[str, float]:
-    from morphzoo.data.synth.face import generate_anny_face
-
-    generate_anny_face("tiny")  # builds/loads anny's model once, outside the timing
-    start = time.perf_counter()
-    collection = generate_anny_face("small")
-    seconds = time.perf_counter() - start
-    return {"meshes": len(collection), "seconds": seconds, "meshes_per_s": len(collection) / seconds}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--skip-anny", action="store_true", help="only the sphere template (no anny model)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per model")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/speed.json"))
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
 
     templates = {"sphere5023 (CoMA sizes)": coma_sized_sphere()}
-    if not args.skip_generation:
+    if not args.skip_anny:
         from morphzoo.data.synth.face import anny_face_template
 
         templates["anny-face (4200)"] = anny_face_template()
@@ -121,11 +112,6 @@ def main() -> None:
             print(f"| {template_name} | {model_class.__name__} | {row['parameters']:,} | "
                   f"{row['train_meshes_per_s']:.1f} | {row['decode_b1_ms']:.1f} | {row['decode_b64_ms']:.0f} | "
                   f"{speedup} |", flush=True)
-    if not args.skip_generation:
-        results["generation"] = generation_rate()
-        g = results["generation"]
-        print(f"anny-face 'small' generation: {g['meshes']} meshes in {g['seconds']:.1f} s "
-              f"= {g['meshes_per_s']:.0f} meshes/s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"written to {args.out}")
