@@ -8,9 +8,10 @@ sine-based joint rotations (:data:`MOTION_RECIPES`). Facts and recipes come from
 
 Pose: anny's 'local-ref' parameterisation rotates each bone about world axes at rest, carried along by its parents'
 rotations (notes, "DFAUST-like motions"); the rotations of a bone compose as matrices in :data:`JOINTS` order. The
-arms are first brought from anny's A-pose down to a relaxed abduction of :data:`RELAXED_ABDUCTION_DEGREES`; every
-motion starts and ends in that relaxed stance (:data:`RAMP_SECONDS`), and each sequence adds a slow, small sway of the
-spine and neck. anny has no joint limits: every joint angle is clipped to :data:`JOINT_RANGES_DEGREES`.
+arms are first brought from anny's A-pose down to a relaxed abduction of :data:`RELAXED_ABDUCTION_DEGREES` and the
+elbows nearly straightened to :data:`RELAXED_ELBOW_DEGREES`; every motion starts and ends in that relaxed stance
+(:data:`RAMP_SECONDS`), each sequence scales its tempo and amplitude by ±10% and adds a slow, small sway of the spine
+and neck. anny has no joint limits: every joint angle is clipped to :data:`JOINT_RANGES_DEGREES`.
 
 Root: anny's root bone (at the base of the spine, ~9 cm above the hip joints) stays at the origin, unrotated, in every
 frame, so there is no root translation (nor rotation): hops and jumps are leg flexions under a fixed pelvis and the feet
@@ -36,7 +37,7 @@ import torch
 
 from morphzoo.cache import atomic_directory, cache_dir, cached_arrays, content_hash
 from morphzoo.data.collection import MeshCollection
-from morphzoo.data.synth.face import IDENTITY_PHENOTYPES, TEMPLATE_PHENOTYPES, _anny_version, _draw, _rotation_matrices
+from morphzoo.data.synth.face import IDENTITY_PHENOTYPES, TEMPLATE_PHENOTYPES, _anny_version, _draw
 from morphzoo.mesh.sampling import qem_decimate
 from morphzoo.mesh.template import Template
 
@@ -48,6 +49,7 @@ MOTIONS = ("chicken_wings", "hips", "jiggle_on_toes", "jumping_jacks", "knees", 
 
 FPS = 60  # DFAUST's frame rate
 TARGET_VERTICES = 6890  # DFAUST's (SMPL's) vertex count
+DECIMATION_ATTEMPTS = 10  # face shuffles tried for a closed manifold decimation (see _decimate)
 BATCH = 64  # meshes per skinning call
 
 # Joints: name -> (bones sharing the rotation equally, axis, sign); a positive angle is the named movement. Axes x, y,
@@ -84,15 +86,16 @@ JOINTS: dict[str, tuple[tuple[str, ...], str, int]] = {
     "neck_twist": (("neck01", "neck02", "neck03"), "z", 1),  # turns to the subject's left
 }
 
-# Plausible ranges (degrees) of each joint relative to the relaxed stance (arms at RELAXED_ABDUCTION_DEGREES, anny's
-# rest elsewhere, its rest elbow bent ~40°), from typical active ranges of motion; both sides share them.
+# Plausible ranges (degrees) of each joint relative to the relaxed stance (arms at RELAXED_ABDUCTION_DEGREES, elbows at
+# RELAXED_ELBOW_DEGREES, anny's rest elsewhere), from typical active ranges of motion; both sides share them.
 JOINT_RANGES_DEGREES: dict[str, tuple[float, float]] = {
     "shoulder_elevate": (-10, 30), "shoulder_protract": (-20, 25), "shoulder_abduct": (-10, 160),
-    "shoulder_flex": (-50, 170), "elbow_flex": (-35, 105), "hip_abduct": (-20, 45), "hip_flex": (-25, 110),
+    "shoulder_flex": (-50, 170), "elbow_flex": (-12, 130), "hip_abduct": (-20, 45), "hip_flex": (-25, 110),
     "knee_flex": (0, 140), "ankle_roll": (-20, 20), "ankle_plantar": (-20, 45), "spine_side": (-25, 25),
     "spine_flex": (-20, 45), "spine_twist": (-35, 35), "neck_flex": (-30, 40), "neck_twist": (-45, 45),
 }
 RELAXED_ABDUCTION_DEGREES = 10.0  # notes: "bring arms to a relaxed 10° abduction first" (anny's A-pose: ~40°)
+RELAXED_ELBOW_DEGREES = 15.0  # and the elbows to a slight bend (anny's rest: ~40°, the forearms reach forward)
 
 
 class Term(NamedTuple):
@@ -115,14 +118,16 @@ class Motion(NamedTuple):
 
 
 T = Term
-MOTION_RECIPES: dict[str, Motion] = {  # the pelvis never moves (see the module docstring)
-    "chicken_wings": Motion(1.5, (T("elbow_flex", 95, 100), T("shoulder_abduct", 0, 50), T("shoulder_flex", 0, 10),
+# The pelvis never moves (see the module docstring). Hops crouch (knees bent, ankles dorsiflexed) and push off (knees
+# straight, toes pointed) in turn; a planted leg's tilt at the hip is countered at the ankle, so the sole stays level.
+MOTION_RECIPES: dict[str, Motion] = {
+    "chicken_wings": Motion(1.5, (T("elbow_flex", 105, 110), T("shoulder_abduct", 0, 50), T("shoulder_flex", 0, 10),
                                   T("shoulder_elevate", 0, 8), T("knee_flex", 0, 10))),
     "hips": Motion(0.6, (  # hip circles: the legs and the head circle about the fixed pelvis, the feet stay flat
         T("hip_abduct.L", -8, 8), T("hip_abduct.R", -8, 8, phase=0.5), T("ankle_roll.L", 8, -8),
         T("ankle_roll.R", 8, -8, phase=0.5), T("spine_side", -6, 6), T("hip_flex", -8, 8, phase=0.25),
-        T("ankle_plantar", 8, -8, phase=0.25), T("spine_flex", -5, 5, phase=0.25), T("elbow_flex", 20, 20))),
-    "jiggle_on_toes": Motion(3.5, (T("ankle_plantar", 18, 30), T("knee_flex", 0, 10), T("hip_flex", 0, 4),
+        T("ankle_plantar", -8, 8, phase=0.25), T("spine_flex", -5, 5, phase=0.25), T("elbow_flex", 20, 20))),
+    "jiggle_on_toes": Motion(3.5, (T("ankle_plantar", 30, 18), T("knee_flex", 0, 10), T("hip_flex", 0, 4),
                                    T("shoulder_abduct", 0, 6, phase=0.1), T("elbow_flex", 0, 10, phase=0.15),
                                    T("shoulder_elevate", 0, 5))),
     "jumping_jacks": Motion(1.0, (T("shoulder_abduct", 0, 150), T("shoulder_elevate", 0, 20), T("elbow_flex", 0, 15),
@@ -131,31 +136,31 @@ MOTION_RECIPES: dict[str, Motion] = {  # the pelvis never moves (see the module 
     "knees": Motion(0.8, (  # high knees, alternating, the opposite arm swinging forward
         T("hip_flex.L", 0, 85, duty=0.5), T("knee_flex.L", 0, 95, duty=0.5), T("ankle_plantar.L", 0, 20, duty=0.5),
         T("hip_flex.R", 0, 85, phase=0.5, duty=0.5), T("knee_flex.R", 0, 95, phase=0.5, duty=0.5),
-        T("ankle_plantar.R", 0, 20, phase=0.5, duty=0.5), T("shoulder_flex.L", -25, 25, phase=0.5),
-        T("shoulder_flex.R", -25, 25), T("elbow_flex", 20, 40, cycles=2))),
-    "light_hopping_loose": Motion(2.2, (T("ankle_plantar", 0, 30), T("knee_flex", 0, 25), T("hip_flex", 0, 12),
+        T("ankle_plantar.R", 0, 20, phase=0.5, duty=0.5), T("shoulder_flex.L", -25, 25, phase=0.75),
+        T("shoulder_flex.R", -25, 25, phase=0.25), T("elbow_flex", 20, 40, cycles=2))),
+    "light_hopping_loose": Motion(2.2, (T("ankle_plantar", 30, 0), T("knee_flex", 0, 25), T("hip_flex", 0, 12),
                                         T("shoulder_abduct", 0, 15, phase=0.15), T("shoulder_flex", -10, 10, phase=0.3),
                                         T("elbow_flex", 0, 30, phase=0.2), T("shoulder_elevate", 0, 8),
                                         T("spine_flex", 0, 5))),
-    "light_hopping_stiff": Motion(2.2, (T("ankle_plantar", 0, 30), T("knee_flex", 0, 10), T("hip_flex", 0, 5),
+    "light_hopping_stiff": Motion(2.2, (T("ankle_plantar", 30, 0), T("knee_flex", 0, 10), T("hip_flex", 0, 5),
                                         T("shoulder_abduct", 0, 3))),
     "one_leg_jump": Motion(1.6, (  # hopping on the left leg, the right one held up, the arms out for balance
-        T("knee_flex.L", 5, 35), T("ankle_plantar.L", -10, 30), T("hip_flex.L", 0, 20), T("hip_flex.R", 30, 40),
-        T("knee_flex.R", 70, 85, phase=0.2), T("shoulder_abduct", 20, 35, phase=0.2), T("elbow_flex", 20, 40))),
+        T("knee_flex.L", 5, 35), T("ankle_plantar.L", 30, -10), T("hip_flex.L", 0, 20), T("hip_flex.R", 35, 45),
+        T("knee_flex.R", 75, 90, phase=0.2), T("shoulder_abduct", 20, 35, phase=0.2), T("elbow_flex", 20, 40))),
     "one_leg_loose": Motion(2.0, (  # standing on the left leg, shaking the lifted right one loosely
         T("hip_flex.R", 15, 30), T("knee_flex.R", 20, 70, phase=0.25), T("ankle_plantar.R", -10, 25, cycles=2),
         T("hip_abduct.R", 0, 8, phase=0.5), T("knee_flex.L", 0, 8), T("shoulder_abduct", 10, 15),
         T("spine_side", 0, 4))),
     "punching": Motion(1.2, (  # alternating straight punches from a guard, the torso turning into each
-        T("shoulder_flex.L", 20, 80), T("elbow_flex.L", 90, -30), T("shoulder_flex.R", 20, 80, phase=0.5),
-        T("elbow_flex.R", 90, -30, phase=0.5), T("shoulder_abduct", 10, 10), T("spine_twist", 15, -15),
+        T("shoulder_flex.L", 20, 80), T("elbow_flex.L", 90, -10), T("shoulder_flex.R", 20, 80, phase=0.5),
+        T("elbow_flex.R", 90, -10, phase=0.5), T("shoulder_abduct", 10, 10), T("spine_twist", 15, -15),
         T("knee_flex", 10, 10))),
     "running_on_spot": Motion(1.4, (  # one stride per cycle, the opposite arm swinging forward
         T("hip_flex.L", 0, 55, duty=0.6), T("knee_flex.L", 5, 95, duty=0.7), T("ankle_plantar.L", 0, 25, duty=0.6),
         T("hip_flex.R", 0, 55, phase=0.5, duty=0.6), T("knee_flex.R", 5, 95, phase=0.5, duty=0.7),
-        T("ankle_plantar.R", 0, 25, phase=0.5, duty=0.6), T("shoulder_flex.L", -30, 30, phase=0.5),
-        T("shoulder_flex.R", -30, 30), T("elbow_flex", 55, 65, cycles=2), T("spine_twist", -5, 5, phase=0.25),
-        T("spine_flex", 5, 5))),
+        T("ankle_plantar.R", 0, 25, phase=0.5, duty=0.6), T("shoulder_flex.L", -30, 30, phase=0.7),
+        T("shoulder_flex.R", -30, 30, phase=0.2), T("elbow_flex", 70, 80, cycles=2),
+        T("spine_twist", -5, 5, phase=0.25), T("spine_flex", 5, 5))),
     "shake_arms": Motion(4.0, (T("shoulder_flex.L", 20, 40), T("shoulder_flex.R", 20, 40, phase=0.5),
                                T("shoulder_abduct", 10, 25, phase=0.25), T("elbow_flex.L", -10, 40, phase=0.1),
                                T("elbow_flex.R", -10, 40, phase=0.6), T("shoulder_elevate", 0, 6, cycles=2))),
@@ -186,8 +191,8 @@ REGION_BONES = (  # body part -> anny bone-name prefixes; arms, hands, legs and 
     ("foot", ("foot", "toe")),
 )
 SIDED_REGIONS = ("arm", "hand", "leg", "foot")
-REGIONS = tuple(f"{part}.{side}" if part in SIDED_REGIONS else part for part, _ in REGION_BONES
-                for side in ("LR" if part in SIDED_REGIONS else "-"))
+REGIONS = tuple(name for part, _ in REGION_BONES
+                for name in ((f"{part}.L", f"{part}.R") if part in SIDED_REGIONS else (part,)))
 
 
 @dataclass(frozen=True)
@@ -265,10 +270,31 @@ def _skinning_regions(model: torch.nn.Module) -> np.ndarray:
     return np.array(bone_region)[model.dense_vertex_bone_weights.argmax(dim=1).numpy()]
 
 
+def _is_closed_manifold(faces: np.ndarray) -> bool:
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    return bool(np.all(np.unique(edges, axis=0, return_counts=True)[1] == 2))
+
+
+def _decimate(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(kept vertex indices, decimated faces) of anny's closed body mesh at ``TARGET_VERTICES`` vertices.
+
+    fast-simplification sweeps the triangles in order, pass after pass, and the target stops it inside a pass: on
+    anny's face order that keeps 4000 vertices on the left side and 2847 on the right (measured). Shuffling the faces
+    spreads each pass evenly (~3450 / ~3390; anny's mesh: 6880 / 6752). Some shuffles leave a non-manifold edge, so
+    shuffles (seeds 0, 1, ...) are tried until the result is, like anny's mesh, closed and manifold.
+    """
+    for attempt in range(DECIMATION_ATTEMPTS):
+        order = np.random.default_rng(attempt).permutation(len(faces))
+        keep, coarse_faces = qem_decimate(vertices, faces[order], TARGET_VERTICES)
+        if _is_closed_manifold(coarse_faces):
+            return keep, coarse_faces
+    raise RuntimeError(f"anny-body: no closed manifold decimation in {DECIMATION_ATTEMPTS} attempts")
+
+
 def _build_topology_arrays() -> dict[str, np.ndarray]:
     model = _body_model()
     full = _rest(model, _template_phenotypes(model))["vertices"][0].numpy()
-    keep, faces = qem_decimate(full.astype(np.float64), model.faces.numpy(), TARGET_VERTICES)
+    keep, faces = _decimate(full.astype(np.float64), model.faces.numpy())
     template = Template(vertices=full[keep], faces=faces, regions=_skinning_regions(model)[keep], region_names=REGIONS,
                         name="anny-body")
     return {**template.to_arrays(), "keep": keep}
@@ -293,8 +319,8 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 
 
 def _subject_axes(model: torch.nn.Module, heads: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Each joint's rotation axis (unit, world frame at rest, sign included) and each arm's adduction (degrees) from
-    anny's A-pose to the relaxed stance, from one subject's unposed skeleton ``heads`` (B, 3)."""
+    """Each joint's rotation axis (unit, world frame at rest, sign included) and the shoulder and elbow angles
+    (degrees) from anny's A-pose to the relaxed stance, from one subject's unposed skeleton ``heads`` (B, 3)."""
     head = dict(zip(model.bone_labels, heads, strict=True))
     world = {"x": np.eye(3)[0], "y": np.eye(3)[1], "z": np.eye(3)[2]}
     axes, relax = {}, {}
@@ -307,8 +333,11 @@ def _subject_axes(model: torch.nn.Module, heads: np.ndarray) -> tuple[dict[str, 
             axes[joint] = sign * world[axis]
     for side in "LR":
         upper_arm = head[f"lowerarm01.{side}"] - head[f"upperarm01.{side}"]
+        forearm = _unit(head[f"wrist.{side}"] - head[f"lowerarm01.{side}"])
         abduction = np.degrees(np.arctan2(abs(upper_arm[0]), -upper_arm[2]))  # in the coronal (XZ) plane
+        flexion = np.degrees(np.arccos(np.clip(_unit(upper_arm) @ forearm, -1.0, 1.0)))
         relax[f"shoulder_abduct.{side}"] = RELAXED_ABDUCTION_DEGREES - abduction
+        relax[f"elbow_flex.{side}"] = RELAXED_ELBOW_DEGREES - flexion
     return axes, relax
 
 
@@ -342,15 +371,22 @@ def _joint_angles(rng: np.random.Generator, motion: Motion, seconds: np.ndarray,
     return {joint: np.clip(ramp * angle, *JOINT_RANGES_DEGREES[joint.split(".")[0]]) for joint, angle in angles.items()}
 
 
+def _axis_rotations(axis: np.ndarray, radians: np.ndarray) -> np.ndarray:
+    """(F, 3, 3) rotations by ``radians`` (F,) about the unit ``axis`` (3,) (Rodrigues' formula)."""
+    x, y, z = axis
+    cross = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
+    sin, cos = np.sin(radians)[:, None, None], np.cos(radians)[:, None, None]
+    return np.eye(3) + sin * cross + (1 - cos) * (cross @ cross)
+
+
 def _bone_rotations(angles: dict[str, np.ndarray], axes: dict[str, np.ndarray], relax: dict[str, float],
-                    bones: list[str]) -> torch.Tensor:
+                    bones: list[str]) -> np.ndarray:
     """(F, K, 3, 3) 'local-ref' rotations of ``bones`` from joint angles: each joint's rotation (its angle plus the
     relaxed stance's offset, shared equally by its bones) left-multiplies the bone's, in ``JOINTS`` order."""
     count = len(next(iter(angles.values())))
-    rotations = torch.eye(3, dtype=torch.float64).repeat(count, len(bones), 1, 1)
+    rotations = np.tile(np.eye(3), (count, len(bones), 1, 1))
     for joint, (joint_bones, _, _) in JOINTS.items():
-        radians = np.radians(angles[joint] + relax.get(joint, 0.0)) / len(joint_bones)
-        rotation = _rotation_matrices(torch.as_tensor(radians[:, None] * axes[joint]))
+        rotation = _axis_rotations(axes[joint], np.radians(angles[joint] + relax.get(joint, 0.0)) / len(joint_bones))
         for bone in joint_bones:
             k = bones.index(bone)
             rotations[:, k] = rotation @ rotations[:, k]
@@ -378,9 +414,10 @@ def _preset(size: str) -> BodyPreset:
 def generate_anny_body(size: str = "small", seed: int = 0, progress: bool = False) -> MeshCollection:
     """Generate the anny-body dataset (see the module docstring); deterministic in ``seed``.
 
-    Meshes are sorted by (identity, sequence, frame); ``sequence`` indexes :data:`MOTIONS` and ``frame`` is the frame's
-    index in its full-rate (60 fps) sequence. ``neutral`` holds each subject's unposed body (anny's A-pose). Subject
-    ``k`` and its sequences are the same in every preset (random streams keyed by seed and index).
+    Meshes are sorted by (identity, sequence, frame); ``sequence`` indexes :data:`MOTIONS`, ``frame`` is the frame's
+    index in its full-rate (60 fps) sequence and ``sex`` indexes ("f", "m") (the labels of DFAUST's reader). ``neutral``
+    holds each subject's unposed body (anny's A-pose). Subject ``k`` and its sequences are the same in every preset
+    (random streams keyed by seed and index).
     """
     preset = _preset(size)
     model = _body_model()
@@ -393,30 +430,32 @@ def generate_anny_body(size: str = "small", seed: int = 0, progress: bool = Fals
     rests = [_rest(model, phenotypes[subject:subject + 1]) for subject in range(preset.subjects)]  # batch 1: exact
     sequences = [[_sequence(np.random.default_rng([seed, 1, subject, m]), preset, MOTION_RECIPES[name])
                   for m, name in enumerate(MOTIONS)] for subject in range(preset.subjects)]
-    count = sum(len(frames) for subject in sequences for frames, _ in subject)
-    vertices = np.empty((count, len(keep), 3), dtype=np.float32)
-    identity, sequence, frame = (np.empty(count, dtype=np.int64) for _ in range(3))
+    runs = [(subject, m, frames) for subject, subject_sequences in enumerate(sequences)
+            for m, (frames, _) in enumerate(subject_sequences)]
+    identity = np.concatenate([np.full(len(frames), subject, dtype=np.int64) for subject, _, frames in runs])
+    sequence = np.concatenate([np.full(len(frames), m, dtype=np.int64) for _, m, frames in runs])
+    frame = np.concatenate([frames for _, _, frames in runs]).astype(np.int64)
+    vertices = np.empty((len(frame), len(keep), 3), dtype=np.float32)
     row = 0
-    for subject, subject_sequences in enumerate(sequences):
+    for subject, subject_sequences in enumerate(sequences):  # batches span a subject's sequences
         axes, relax = _subject_axes(model, rests[subject]["bone_poses"][0, :, :3, 3].double().numpy())
-        for m, (frames, angles) in enumerate(subject_sequences):
-            rotations = _bone_rotations(angles, axes, relax, posed).float()
-            for start in range(0, len(frames), BATCH):
-                batch = rotations[start:start + BATCH]
-                vertices[row:row + len(batch)] = _skin(model, rests[subject], batch, bone_indices, keep_index).numpy()
-                row += len(batch)
-            rows = slice(row - len(frames), row)
-            identity[rows], sequence[rows], frame[rows] = subject, m, frames
+        rotations = torch.as_tensor(np.concatenate([_bone_rotations(angles, axes, relax, posed)
+                                                    for _, angles in subject_sequences]), dtype=torch.float32)
+        for start in range(0, len(rotations), BATCH):
+            batch = rotations[start:start + BATCH]
+            vertices[row:row + len(batch)] = _skin(model, rests[subject], batch, bone_indices, keep_index).numpy()
+            row += len(batch)
             if progress:
-                print(f"\ranny-body: {row}/{count} meshes", end="", file=sys.stderr, flush=True)
+                print(f"\ranny-body: {row}/{len(vertices)} meshes", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
     return MeshCollection(
         vertices=vertices,
         template=template,
-        labels={"identity": identity, "sequence": sequence, "frame": frame},
+        labels={"identity": identity, "sequence": sequence, "frame": frame,
+                "sex": (identity % 2 == 0).astype(np.int64)},  # odd subjects are women, as in the reader of DFAUST
         vocabularies={"identity": tuple(f"anny_{subject:03d}" for subject in range(preset.subjects)),
-                      "sequence": MOTIONS},
+                      "sequence": MOTIONS, "sex": ("f", "m")},
         neutral=np.concatenate([rest["vertices"][:, keep_index].numpy() for rest in rests]),
         attributes={"generator": "anny-body", "version": GENERATOR_VERSION, "preset": size, "seed": seed, "fps": FPS,
                     "anny_version": _anny_version()},
