@@ -27,7 +27,7 @@ from morphzoo.data.base import MeshDataModule
 from morphzoo.data.collection import MeshCollection, allocate_vertices
 from morphzoo.data.coma import read_coma
 from morphzoo.data.export import export_collection
-from morphzoo.data.raw import cached_collection
+from morphzoo.data.raw import cached_read
 
 
 class CollectionDataModule(MeshDataModule):
@@ -55,7 +55,7 @@ def random_collection(count: int, seed: int = 0) -> MeshCollection:
                               vocabularies={"identity": tuple(f"s{i}" for i in range(count // 2000 + 1)),
                                             "expression": tuple(f"e{i}" for i in range(10))})
 
-    return cached_collection("benchmark-random", (count, seed, template.fingerprint()), build)
+    return cached_read("benchmark-random", (count, seed, template.fingerprint()), build)
 
 
 def reading_rate(count: int) -> dict[str, float]:

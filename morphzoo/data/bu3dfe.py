@@ -25,7 +25,7 @@ import numpy as np
 from morphzoo.data.base import MeshDataModule
 from morphzoo.data.collection import MeshCollection, allocate_vertices
 from morphzoo.data.raw import (
-    cached_collection,
+    cached_read,
     file_reader,
     files_fingerprint,
     mesh_files,
@@ -71,7 +71,7 @@ def read_bu3dfe(root: str | Path, template: str | Path | None = None) -> MeshCol
         raise FileNotFoundError(f"BU-3DFE: no mesh files under {root}; set `root` to {EXPECTED}")
     key = ("bu3dfe", files_fingerprint(root, files),
            None if template is None else files_fingerprint(Path(template).parent, [Path(template)]))
-    return cached_collection("bu3dfe", key, lambda directory: _build(directory, root, files, template))
+    return cached_read("bu3dfe", key, lambda directory: _build(directory, root, files, template))
 
 
 def _build(directory: Path, root: Path, files: list[Path], template: str | Path | None) -> MeshCollection:

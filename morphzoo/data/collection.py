@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from morphzoo.cache import atomic_save_npz
+from morphzoo.cache import atomic_directory, atomic_save_npz, cache_dir, content_hash
 from morphzoo.mesh.template import Template
 
 FORMAT_VERSION = 1
@@ -122,3 +123,15 @@ def allocate_vertices(directory: Path, count: int, num_vertices: int) -> np.memm
 
 def _backed_by(array: np.ndarray, path: Path) -> bool:
     return isinstance(array, np.memmap) and array.filename is not None and Path(array.filename) == path.resolve()
+
+
+def cached_collection(name: str, key: object, build: Callable[[Path], MeshCollection]) -> MeshCollection:
+    """The collection ``build(directory)`` makes, stored once in ``<cache>/datasets/<name>-<hash of key>`` (atomically)
+    and memory-mapped afterwards.
+
+    ``key`` must capture everything the result depends on (generator or reader version, options, the raw files'
+    fingerprint). ``build`` may stream vertices into ``directory`` with :func:`allocate_vertices`.
+    """
+    path = cache_dir() / "datasets" / f"{name}-{content_hash(key)}"
+    atomic_directory(path, lambda tmp: build(tmp).save(tmp))
+    return MeshCollection.load(path)

@@ -24,7 +24,7 @@ import numpy as np
 from morphzoo.data.base import MeshDataModule
 from morphzoo.data.collection import MeshCollection, allocate_vertices
 from morphzoo.data.raw import (
-    cached_collection,
+    cached_read,
     file_reader,
     files_fingerprint,
     mesh_files,
@@ -56,14 +56,14 @@ def read_coma(root: str | Path, template: str | Path | None = None) -> MeshColle
         with zipfile.ZipFile(archive) as zipped:
             members = [m for m in zipped.namelist() if m.lower().endswith(".ply")]
             key = ("coma", files_fingerprint(archive.parent, [archive]), members, _template_key(template))
-            return cached_collection("coma", key, lambda directory: _build(
+            return cached_read("coma", key, lambda directory: _build(
                 directory, members, lambda m: lambda: parse_mesh(zipped.read(m), ".ply", f"{archive}:{m}"),
                 template, f"{archive}"))
     files = mesh_files(root, (".ply",))
     relative = [path.relative_to(root).as_posix() for path in files]
     key = ("coma", files_fingerprint(root, files), _template_key(template))
     by_name = dict(zip(relative, files, strict=True))
-    return cached_collection("coma", key, lambda directory: _build(
+    return cached_read("coma", key, lambda directory: _build(
         directory, relative, lambda name: file_reader(by_name[name]), template, str(root)))
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from morphzoo.data.base import MeshDataModule
 from morphzoo.data.collection import MeshCollection, allocate_vertices
-from morphzoo.data.raw import cached_collection, check_topology, files_fingerprint, require_root, template_from
+from morphzoo.data.raw import cached_read, check_topology, files_fingerprint, require_root, template_from
 
 FILES = {"f": "registrations_f.hdf5", "m": "registrations_m.hdf5"}
 KEY = re.compile(r"(?P<subject>[^_]+)_(?P<sequence>.+)")
@@ -39,7 +39,7 @@ def read_dfaust(root: str | Path, template: str | Path | None = None) -> MeshCol
         raise FileNotFoundError(f"DFAUST: neither {FILES['m']} nor {FILES['f']} is in {root}; set `root` to {EXPECTED}")
     key = ("dfaust", files_fingerprint(root, list(files.values())),
            None if template is None else files_fingerprint(Path(template).parent, [Path(template)]))
-    return cached_collection("dfaust", key, lambda directory: _build(directory, files, template))
+    return cached_read("dfaust", key, lambda directory: _build(directory, files, template))
 
 
 def _build(directory: Path, files: dict[str, Path], template: str | Path | None) -> MeshCollection:

@@ -27,7 +27,7 @@ import numpy as np
 from morphzoo.data.base import MeshDataModule
 from morphzoo.data.collection import MeshCollection, allocate_vertices
 from morphzoo.data.raw import (
-    cached_collection,
+    cached_read,
     file_reader,
     files_fingerprint,
     mesh_files,
@@ -69,7 +69,7 @@ def read_mesh_folder(root: str | Path, template: str | Path | None = None, sampl
     extras = [root / name for name in (LABELS_FILE, REGIONS_FILE) if (root / name).is_file()]
     key = (dataset, files_fingerprint(root, files + extras),
            None if template_file is None else files_fingerprint(template_file.parent, [template_file]))
-    return cached_collection(dataset, key, lambda directory: _build(directory, root, files, names, template_file,
+    return cached_read(dataset, key, lambda directory: _build(directory, root, files, names, template_file,
                                                                     dataset))
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from morphzoo.cache import atomic_directory, cache_dir, content_hash
-from morphzoo.data.collection import MeshCollection
+from morphzoo.data.collection import MeshCollection, cached_collection
 from morphzoo.mesh.io import read_mesh, read_template
 from morphzoo.mesh.template import Template
 
@@ -54,15 +53,10 @@ def files_fingerprint(root: Path, files: Sequence[Path]) -> list[tuple[str, int,
     return stats
 
 
-def cached_collection(dataset: str, key: object, build: Callable[[Path], MeshCollection]) -> MeshCollection:
-    """The collection ``build(directory)`` makes, read once into ``<cache>/datasets`` and memory-mapped afterwards.
-
-    ``key`` must capture everything the result depends on (the raw files' fingerprint and the reader's options).
-    ``build`` may stream vertices into ``directory`` with :func:`~morphzoo.data.collection.allocate_vertices`.
-    """
-    path = cache_dir() / "datasets" / f"{dataset}-{content_hash(READER_VERSION, key)}"
-    atomic_directory(path, lambda tmp: build(tmp).save(tmp))
-    return MeshCollection.load(path)
+def cached_read(dataset: str, key: object, build: Callable[[Path], MeshCollection]) -> MeshCollection:
+    """A dataset's raw files read once by ``build`` into the cache (see the module docstring); ``key`` must hold the
+    files' fingerprint and the reader's options."""
+    return cached_collection(dataset, (READER_VERSION, key), build)
 
 
 def template_from(template: str | os.PathLike | None, first_mesh: MeshReader, name: str) -> Template:

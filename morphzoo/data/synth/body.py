@@ -27,7 +27,6 @@ Output frame: metres, Z up, the subject faces -Y, the subject's left is +X, the 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import sys
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -35,9 +34,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from morphzoo.cache import atomic_directory, cache_dir, cached_arrays, content_hash
-from morphzoo.data.collection import MeshCollection
-from morphzoo.data.synth.face import IDENTITY_PHENOTYPES, TEMPLATE_PHENOTYPES, _anny_version, _draw
+from morphzoo.cache import cached_arrays, content_hash
+from morphzoo.data.collection import MeshCollection, cached_collection
+from morphzoo.data.synth.common import choose_preset, package_version
+from morphzoo.data.synth.face import IDENTITY_PHENOTYPES, TEMPLATE_PHENOTYPES, _draw
 from morphzoo.mesh.sampling import qem_decimate
 from morphzoo.mesh.template import Template
 
@@ -225,9 +225,6 @@ def _body_model() -> torch.nn.Module:
     return model.to(dtype=torch.float32).eval()
 
 
-def _fast_simplification_version() -> str:
-    return importlib.metadata.version("fast-simplification")  # the decimation, hence the kept vertices, depend on it
-
 
 def _rest(model: torch.nn.Module, phenotypes: np.ndarray) -> dict[str, torch.Tensor]:
     """anny at rest for (N, P) phenotypes: 'rest_vertices', 'rest_bone_poses' (the skinning's reference), 'vertices'
@@ -302,8 +299,8 @@ def _build_topology_arrays() -> dict[str, np.ndarray]:
 
 def _topology() -> tuple[Template, np.ndarray]:
     """The decimated template and the (V,) increasing indices of the anny vertices it keeps (disk-cached)."""
-    key = content_hash("anny-body-template", GENERATOR_VERSION, TARGET_VERTICES, _anny_version(),
-                       _fast_simplification_version())
+    key = content_hash("anny-body-template", GENERATOR_VERSION, TARGET_VERTICES, package_version("anny"),
+                       package_version("fast-simplification"))
     arrays = cached_arrays("templates", key, _build_topology_arrays)
     return Template.from_arrays(arrays), arrays["keep"]
 
@@ -405,11 +402,6 @@ def _sample_identity(rng: np.random.Generator, female: bool, phenotype_labels: l
     return np.array([_draw(rng, IDENTITY_PHENOTYPES[name][female]) for name in phenotype_labels])
 
 
-def _preset(size: str) -> BodyPreset:
-    if size not in PRESETS:
-        raise ValueError(f"unknown anny-body size {size!r}; valid sizes: {', '.join(PRESETS)}")
-    return PRESETS[size]
-
 
 def generate_anny_body(size: str = "small", seed: int = 0, progress: bool = False) -> MeshCollection:
     """Generate the anny-body dataset (see the module docstring); deterministic in ``seed``.
@@ -419,7 +411,7 @@ def generate_anny_body(size: str = "small", seed: int = 0, progress: bool = Fals
     holds each subject's unposed body (anny's A-pose). Subject ``k`` and its sequences are the same in every preset
     (random streams keyed by seed and index).
     """
-    preset = _preset(size)
+    preset = choose_preset(PRESETS, size, "anny-body")
     model = _body_model()
     template, keep = _topology()
     keep_index = torch.as_tensor(keep)
@@ -458,13 +450,12 @@ def generate_anny_body(size: str = "small", seed: int = 0, progress: bool = Fals
                       "sequence": MOTIONS, "sex": ("f", "m")},
         neutral=np.concatenate([rest["vertices"][:, keep_index].numpy() for rest in rests]),
         attributes={"generator": "anny-body", "version": GENERATOR_VERSION, "preset": size, "seed": seed, "fps": FPS,
-                    "anny_version": _anny_version()},
+                    "anny_version": package_version("anny")},
     )
 
 
 def load_anny_body(size: str = "small", seed: int = 0) -> MeshCollection:
     """The anny-body dataset from morphzoo's cache (memory-mapped), generated and stored atomically on first use."""
-    key = content_hash(GENERATOR_VERSION, asdict(_preset(size)), seed, _anny_version(), _fast_simplification_version())
-    path = cache_dir() / "datasets" / f"anny-body-{size}-{key}"
-    atomic_directory(path, lambda tmp: generate_anny_body(size, seed).save(tmp))
-    return MeshCollection.load(path)
+    preset = choose_preset(PRESETS, size, "anny-body")
+    key = (GENERATOR_VERSION, asdict(preset), seed, package_version("anny"), package_version("fast-simplification"))
+    return cached_collection(f"anny-body-{size}", key, lambda _: generate_anny_body(size, seed))

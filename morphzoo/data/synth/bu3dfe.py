@@ -46,14 +46,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from morphzoo.cache import atomic_directory, cache_dir, content_hash
 from morphzoo.data.bu3dfe import ETHNICITIES, EXPRESSIONS, SEXES
-from morphzoo.data.collection import MeshCollection
+from morphzoo.data.collection import MeshCollection, cached_collection
 from morphzoo.data.synth import face
+from morphzoo.data.synth.common import choose_preset, package_version
 from morphzoo.data.synth.face import (
     JAW_BONE_SHARE,
     JAW_DEGREES_PER_UNIT,
-    _anny_version,
     _Controls,
     _evaluate,
     _head_model,
@@ -135,11 +134,6 @@ def _scan(rng: np.random.Generator, level: int, recipe: np.ndarray, style: tuple
                      np.array([level]), np.array([intensity]))
 
 
-def _preset(size: str) -> Bu3dfePreset:
-    if size not in PRESETS:
-        raise ValueError(f"unknown anny-bu3dfe size {size!r}; valid sizes: {', '.join(PRESETS)}")
-    return PRESETS[size]
-
 
 def generate_anny_bu3dfe(size: str = "full", seed: int = 0, progress: bool = False) -> MeshCollection:
     """Generate the anny-bu3dfe dataset (see the module docstring); deterministic in ``seed``.
@@ -150,7 +144,7 @@ def generate_anny_bu3dfe(size: str = "full", seed: int = 0, progress: bool = Fal
     with its jitter, 0 = neutral, about 1 = the peak). Meshes are sorted by (identity, expression, level), so each
     subject's 25 scans start with its neutral one; ``neutral`` holds each subject's neutral scan (its ``NE00`` mesh).
     """
-    preset = _preset(size)
+    preset = choose_preset(PRESETS, size, "anny-bu3dfe")
     model = _head_model()
     response = _local_target_response()
     labels, action_labels = model.local_change_labels, model.facial_action_labels
@@ -185,14 +179,12 @@ def generate_anny_bu3dfe(size: str = "full", seed: int = 0, progress: bool = Fal
                       "ethnicity": ETHNICITIES},
         neutral=vertices[expression == 0].copy(),  # the neutral scans, bitwise (one per subject, in identity order)
         attributes={"generator": "anny-bu3dfe", "version": GENERATOR_VERSION, "face_version": face.GENERATOR_VERSION,
-                    "preset": size, "seed": seed, "anny_version": _anny_version()},
+                    "preset": size, "seed": seed, "anny_version": package_version("anny")},
     )
 
 
 def load_anny_bu3dfe(size: str = "full", seed: int = 0) -> MeshCollection:
     """The anny-bu3dfe dataset from morphzoo's cache (memory-mapped), generated and stored atomically on first use."""
-    key = content_hash("anny-bu3dfe", GENERATOR_VERSION, face.GENERATOR_VERSION, asdict(_preset(size)), seed,
-                       _anny_version())
-    path = cache_dir() / "datasets" / f"anny-bu3dfe-{size}-{key}"
-    atomic_directory(path, lambda tmp: generate_anny_bu3dfe(size, seed).save(tmp))
-    return MeshCollection.load(path)
+    preset = choose_preset(PRESETS, size, "anny-bu3dfe")
+    key = ("anny-bu3dfe", GENERATOR_VERSION, face.GENERATOR_VERSION, asdict(preset), seed, package_version("anny"))
+    return cached_collection(f"anny-bu3dfe-{size}", key, lambda _: generate_anny_bu3dfe(size, seed))

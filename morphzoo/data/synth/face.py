@@ -19,15 +19,15 @@ at the origin.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import sys
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 
-from morphzoo.cache import atomic_directory, cache_dir, cached_arrays, content_hash
-from morphzoo.data.collection import MeshCollection
+from morphzoo.cache import cached_arrays, content_hash
+from morphzoo.data.collection import MeshCollection, cached_collection
+from morphzoo.data.synth.common import choose_preset, package_version
 from morphzoo.mesh.template import Template
 
 GENERATOR_VERSION = 1  # bump on any change of the generated data: it is part of every cache key
@@ -139,9 +139,6 @@ def _head_model() -> torch.nn.Module:
     return model.to(dtype=torch.float32).eval()
 
 
-def _anny_version() -> str:
-    return importlib.metadata.version("anny")
-
 
 def _rotation_matrices(rotation_vectors: torch.Tensor) -> torch.Tensor:
     """(B, 3) axis-angle vectors -> (B, 3, 3) rotation matrices (exponential of the skew matrix)."""
@@ -249,7 +246,7 @@ def _build_template_arrays() -> dict[str, np.ndarray]:
 
 def anny_face_template() -> Template:
     """The anny head template: the mean adult face, semantic regions and the head mesh's UV layout (disk-cached)."""
-    key = content_hash("anny-face-template", GENERATOR_VERSION, _anny_version())
+    key = content_hash("anny-face-template", GENERATOR_VERSION, package_version("anny"))
     return Template.from_arrays(cached_arrays("templates", key, _build_template_arrays))
 
 
@@ -330,11 +327,6 @@ def _sequence(rng: np.random.Generator, preset: FacePreset, recipe_actions: np.n
                      head_rotation, frames, _envelope(t, np.zeros(1))[:, 0])
 
 
-def _preset(size: str) -> FacePreset:
-    if size not in PRESETS:
-        raise ValueError(f"unknown anny-face size {size!r}; valid sizes: {', '.join(PRESETS)}")
-    return PRESETS[size]
-
 
 def generate_anny_face(size: str = "small", seed: int = 0, progress: bool = False) -> MeshCollection:
     """Generate the anny-face dataset (see the module docstring); deterministic in ``seed``.
@@ -343,7 +335,7 @@ def generate_anny_face(size: str = "small", seed: int = 0, progress: bool = Fals
     ``intensity`` the sequence's envelope (0 = neutral, 1 = peak). ``neutral`` holds each subject's expressionless,
     unposed face. Subject ``k`` and its sequences are the same in every preset (random streams keyed by seed and index).
     """
-    preset = _preset(size)
+    preset = choose_preset(PRESETS, size, "anny-face")
     model = _head_model()
     response = _local_target_response()
     labels, action_labels = model.local_change_labels, model.facial_action_labels
@@ -368,13 +360,12 @@ def generate_anny_face(size: str = "small", seed: int = 0, progress: bool = Fals
                       "expression": EXPRESSIONS},
         neutral=_evaluate(model, neutral_controls),
         attributes={"generator": "anny-face", "version": GENERATOR_VERSION, "preset": size, "seed": seed,
-                    "anny_version": _anny_version()},
+                    "anny_version": package_version("anny")},
     )
 
 
 def load_anny_face(size: str = "small", seed: int = 0) -> MeshCollection:
     """The anny-face dataset from morphzoo's cache (memory-mapped), generated and stored atomically on first use."""
-    key = content_hash(GENERATOR_VERSION, asdict(_preset(size)), seed, _anny_version())
-    path = cache_dir() / "datasets" / f"anny-face-{size}-{key}"
-    atomic_directory(path, lambda tmp: generate_anny_face(size, seed).save(tmp))
-    return MeshCollection.load(path)
+    preset = choose_preset(PRESETS, size, "anny-face")
+    key = (GENERATOR_VERSION, asdict(preset), seed, package_version("anny"))
+    return cached_collection(f"anny-face-{size}", key, lambda _: generate_anny_face(size, seed))

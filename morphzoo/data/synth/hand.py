@@ -24,7 +24,6 @@ thumb is on the +Z side.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import math
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -32,9 +31,10 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from morphzoo.cache import atomic_directory, cache_dir, cached_arrays, content_hash
-from morphzoo.data.collection import MeshCollection
-from morphzoo.data.synth.face import IDENTITY_PHENOTYPES, TEMPLATE_PHENOTYPES, _anny_version, _rotation_matrices
+from morphzoo.cache import cached_arrays, content_hash
+from morphzoo.data.collection import MeshCollection, cached_collection
+from morphzoo.data.synth.common import choose_preset, package_version
+from morphzoo.data.synth.face import IDENTITY_PHENOTYPES, TEMPLATE_PHENOTYPES, _rotation_matrices
 from morphzoo.mesh.sampling import qem_decimate
 from morphzoo.mesh.template import Template
 
@@ -119,9 +119,6 @@ def _hand_model() -> torch.nn.Module:
     model = anny.Anny(rig="anny-hand.R", topology="hand.R", local_changes=list(HAND_TARGETS), skinning_method="lbs")
     return model.to(dtype=torch.float32).eval()
 
-
-def _fast_simplification_version() -> str:
-    return importlib.metadata.version("fast-simplification")  # the decimation, hence the kept vertices, depend on it
 
 
 def _flexion(joint: str, curl: np.ndarray) -> np.ndarray:
@@ -253,8 +250,8 @@ def _build_topology_arrays() -> dict[str, np.ndarray]:
 
 def _topology() -> tuple[Template, np.ndarray]:
     """The decimated template and the (1193,) increasing indices of the anny vertices it keeps (disk-cached)."""
-    key = content_hash("anny-hand-template", GENERATOR_VERSION, TARGET_VERTICES, _anny_version(),
-                       _fast_simplification_version())
+    key = content_hash("anny-hand-template", GENERATOR_VERSION, TARGET_VERTICES, package_version("anny"),
+                       package_version("fast-simplification"))
     arrays = cached_arrays("templates", key, _build_topology_arrays)
     return Template.from_arrays(arrays), arrays["keep"]
 
@@ -293,11 +290,6 @@ def _sample(model: torch.nn.Module, count: int, seed: int) -> _Controls:
     return _Controls.concatenate(blocks)[:count]
 
 
-def _preset(size: str) -> HandPreset:
-    if size not in PRESETS:
-        raise ValueError(f"unknown anny-hand size {size!r}; valid sizes: {', '.join(PRESETS)}")
-    return PRESETS[size]
-
 
 def _generate(count: int, seed: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray, Template]:
     """(count, 1193, 3) vertices, (count,) grasp and the template of the first ``count`` hands of ``seed``."""
@@ -314,20 +306,19 @@ def generate_anny_hand(size: str = "small", seed: int = 0, progress: bool = Fals
     ``grasp`` (float32 in [0, 1]), is the generator's global grasp, kept for analysis (SynHand has no labels). Mesh
     ``i`` is the same in every preset: the first meshes of a larger preset are a smaller preset's.
     """
-    preset = _preset(size)
+    preset = choose_preset(PRESETS, size, "anny-hand")
     vertices, grasp, template = _generate(preset.meshes, seed, progress)
     return MeshCollection(
         vertices=vertices,
         template=template,
         labels={"grasp": grasp},
         attributes={"generator": "anny-hand", "version": GENERATOR_VERSION, "preset": size, "seed": seed,
-                    "anny_version": _anny_version()},
+                    "anny_version": package_version("anny")},
     )
 
 
 def load_anny_hand(size: str = "small", seed: int = 0) -> MeshCollection:
     """The anny-hand dataset from morphzoo's cache (memory-mapped), generated and stored atomically on first use."""
-    key = content_hash(GENERATOR_VERSION, asdict(_preset(size)), seed, _anny_version(), _fast_simplification_version())
-    path = cache_dir() / "datasets" / f"anny-hand-{size}-{key}"
-    atomic_directory(path, lambda tmp: generate_anny_hand(size, seed).save(tmp))
-    return MeshCollection.load(path)
+    preset = choose_preset(PRESETS, size, "anny-hand")
+    key = (GENERATOR_VERSION, asdict(preset), seed, package_version("anny"), package_version("fast-simplification"))
+    return cached_collection(f"anny-hand-{size}", key, lambda _: generate_anny_hand(size, seed))
