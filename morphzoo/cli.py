@@ -91,5 +91,8 @@ def _export_dataset(args: argparse.Namespace) -> None:
     from morphzoo.data.export import export_collection
 
     collection = load_anny_dataset(args.dataset, args.size, args.seed)
-    root = export_collection(collection, args.format, args.root, args.suffix)
+    try:
+        root = export_collection(collection, args.format, args.root, args.suffix)
+    except (ValueError, FileExistsError) as error:
+        raise SystemExit(f"morphzoo export-dataset: {error}") from None
     print(f"wrote {len(collection)} meshes of {args.dataset} ({args.size}) as {args.format} to {root}")

@@ -134,6 +134,19 @@ def test_real_data_recipes_run_once_root_points_at_the_data(recipe, tmp_path):
 
 
 @pytest.mark.slow
+def test_export_dataset_command_writes_a_readable_dataset(tmp_path):
+    result = run([sys.executable, "-m", "morphzoo", "export-dataset", "anny-bu3dfe", "bu3dfe", str(tmp_path / "bu")])
+    assert "wrote 300 meshes of anny-bu3dfe (tiny) as bu3dfe" in result.stdout
+    assert len(list((tmp_path / "bu").rglob("*_F3D.ply"))) == 300
+    failed = subprocess.run([sys.executable, "-m", "morphzoo", "export-dataset", "anny-face", "bu3dfe",
+                             str(tmp_path / "face")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0 and not (tmp_path / "face").exists()
+    assert "the BU-3DFE format needs the labels identity, expression, level, ethnicity; this dataset lacks level, " \
+           "ethnicity" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+@pytest.mark.slow
 def test_main_job_writes_a_report(tmp_path):
     result = run([sys.executable, "-m", "morphzoo", "main-job", "--size", "tiny", "--minutes-per-model", "0.1",
                   "--out", str(tmp_path)])
