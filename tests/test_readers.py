@@ -119,8 +119,11 @@ def test_coma_interpolation_follows_the_sorted_file_list(tmp_path, faces_data):
     assert [data.collection.names[i] for i in data.split_indices["test"]] == expected
 
 
-def test_coma_accepts_pyg_raw_layout(tmp_path, faces_data):
-    export_collection(faces_data, "coma-zip", tmp_path / "pyg" / "raw")
+def test_coma_accepts_pyg_raw_layout_and_ignores_macos_metadata(tmp_path, faces_data):
+    root = export_collection(faces_data, "coma-zip", tmp_path / "pyg" / "raw")
+    with zipfile.ZipFile(root / "COMA_data.zip", "a") as archive:  # what macOS's archiver adds: not meshes
+        archive.writestr("__MACOSX/s0/e0/._e0.000000.ply", b"\x00\x05\x16\x07 resource fork")
+        archive.writestr("s0/e0/._e0.000001.ply", b"\x00\x05\x16\x07 resource fork")
     assert_same_meshes(read_coma(tmp_path / "pyg"), faces_data)
 
 
@@ -250,6 +253,7 @@ def test_folder_round_trip_with_labels_and_regions(tmp_path, faces_data):
                               faces_data.labels, faces_data.vocabularies)
     root = export_collection(labelled, "folder", tmp_path / "folder", suffix=".obj")
     assert (root / "000000.obj").is_file() and (root / "labels.csv").is_file()
+    (root / "._000000.obj").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # metadata, not a mesh
     read = read_mesh_folder(root)
     assert_same_meshes(read, faces_data, labels=("identity", "expression", "frame"))
     np.testing.assert_allclose(read.labels["intensity"], faces_data.labels["intensity"])

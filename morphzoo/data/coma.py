@@ -27,6 +27,7 @@ from morphzoo.data.raw import (
     cached_read,
     file_reader,
     files_fingerprint,
+    is_system_metadata,
     mesh_files,
     read_meshes_into,
     require_root,
@@ -54,7 +55,7 @@ def read_coma(root: str | Path, template: str | Path | None = None) -> MeshColle
     archive = _archive(root)
     if archive is not None:
         with zipfile.ZipFile(archive) as zipped:
-            members = [m for m in zipped.namelist() if m.lower().endswith(".ply")]
+            members = [m for m in zipped.namelist() if m.lower().endswith(".ply") and not is_system_metadata(m)]
             key = ("coma", files_fingerprint(archive.parent, [archive]), members, _template_key(template))
             return cached_read("coma", key, lambda directory: _build(
                 directory, members, lambda m: lambda: parse_mesh(zipped.read(m), ".ply", f"{archive}:{m}"),

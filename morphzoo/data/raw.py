@@ -38,9 +38,16 @@ def require_root(root: str | os.PathLike, dataset: str, expected: str) -> Path:
 
 
 def mesh_files(root: Path, suffixes: Sequence[str] = MESH_SUFFIXES) -> list[Path]:
-    """The mesh files under ``root`` (recursively), sorted by relative path."""
+    """The mesh files under ``root`` (recursively), sorted by relative path, without operating-system metadata."""
     suffixes = tuple(s.lower() for s in suffixes)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+                  and not is_system_metadata(p.relative_to(root).as_posix()))
+
+
+def is_system_metadata(relative_path: str) -> bool:
+    """Hidden files and folders and macOS archive metadata (``.DS_Store``, ``._name.ply`` resource forks,
+    ``__MACOSX/``): not meshes, although some end in ``.ply``."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative_path.split("/"))
 
 
 def files_fingerprint(root: Path, files: Sequence[Path]) -> list[tuple[str, int, int]]:
