@@ -8,6 +8,8 @@ per-coordinate standardisation with the training split's mean and std; errors ar
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import lightning as L
 import numpy as np
 import torch
@@ -61,6 +63,10 @@ class MorphableModel(L.LightningModule):
         self.register_buffer("template_faces", torch.as_tensor(template.faces, dtype=torch.long))
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
+        # The Gaussian of the training latents behind `sample` (empty until `fit_latent_distribution`); saved with the
+        # weights, so a checkpoint samples without its training data.
+        self.register_buffer("latent_mean", torch.empty(0))
+        self.register_buffer("latent_cholesky", torch.empty(0, 0))
         self.val_error = VertexError()
         self.test_error = VertexError()
 
@@ -109,6 +115,51 @@ class MorphableModel(L.LightningModule):
         if not torch.isfinite(vertices).all():
             raise ValueError(f"{type(self).__name__}: the input vertices contain NaN or infinite values")
         return vertices, single
+
+    # ------------------------------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def fit_latent_distribution(self, meshes: Iterable[Tensor | dict[str, Tensor]] | Tensor | np.ndarray,
+                                batch_size: int = 256) -> None:
+        """Fit the Gaussian (full covariance) of the training meshes' latent codes that :meth:`sample` draws from.
+
+        This is how the papers evaluate plain autoencoders as generative models (specificity and diversity of
+        samples, e.g. the decoupled face GAN's baselines, §5.3): an autoencoder has no prior of its own. Pass the
+        training split: a DataLoader of dict batches (``data.train_dataloader()``), an iterable of (B, V, 3) tensors,
+        or one (N, V, 3) array in metres. The result is stored in buffers and saved with the model.
+        """
+        if isinstance(meshes, (Tensor, np.ndarray)):
+            meshes = [meshes[start:start + batch_size] for start in range(0, len(meshes), batch_size)]
+        was_training = self.training
+        self.eval()
+        codes = [self.encode(batch["vertices"] if isinstance(batch, dict) else batch).flatten(1).double()
+                 for batch in meshes]
+        self.train(was_training)
+        codes = torch.cat(codes) if codes else torch.empty(0)
+        if len(codes) <= codes.shape[-1]:
+            raise ValueError(f"{type(self).__name__}: fitting a {codes.shape[-1]}-dimensional Gaussian needs more "
+                             f"than {codes.shape[-1]} meshes, got {len(codes)}")
+        mean = codes.mean(0)
+        covariance = torch.cov(codes.T).reshape(len(mean), len(mean))
+        # a tiny ridge keeps the Cholesky factor defined when some latent direction is unused
+        covariance += torch.eye(len(mean), dtype=covariance.dtype) * 1e-9 * covariance.trace().clamp_min(1e-12)
+        self.latent_mean = mean.to(self.mean)
+        self.latent_cholesky = torch.linalg.cholesky(covariance).to(self.mean)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` random meshes (n, V, 3) in metres, decoded from the Gaussian of the training latents."""
+        if self.latent_mean.numel() == 0:
+            raise RuntimeError(f"{type(self).__name__} has no latent distribution yet: call model."
+                               "fit_latent_distribution(data.train_dataloader()) once (it is saved with the model)")
+        noise = torch.randn(n, len(self.latent_mean), generator=generator, dtype=self.latent_mean.dtype)
+        return self.decode(self.latent_mean + noise.to(self.latent_mean.device) @ self.latent_cholesky.T)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # the latent Gaussian's size is only known once fitted: take it from the checkpoint
+        for name in ("latent_mean", "latent_cholesky"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
