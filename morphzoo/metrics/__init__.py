@@ -1,5 +1,23 @@
-"""torchmetrics ``Metric``s: inputs in metres, outputs in millimetres, usable with or without Lightning."""
+"""torchmetrics ``Metric``s: inputs in metres, outputs in millimetres, usable with or without Lightning, DDP-safe."""
 
+from morphzoo.metrics.alignment import similarity_procrustes
+from morphzoo.metrics.compactness import Compactness, PCAGeneralisation
+from morphzoo.metrics.disentanglement import DisentanglementError, JiangDisentanglementError
+from morphzoo.metrics.diversity import Diversity
+from morphzoo.metrics.manipulation import ManipulationError
+from morphzoo.metrics.specificity import Specificity
 from morphzoo.metrics.vertex_error import VertexError
 
-__all__ = ["VertexError"]
+__all__ = [
+    "Compactness", "DisentanglementError", "Diversity", "JiangDisentanglementError", "ManipulationError",
+    "PCAGeneralisation", "Specificity", "VertexError", "evaluate_model", "similarity_procrustes",
+]
+
+
+def __getattr__(name: str):
+    # evaluate_model needs the data and method packages, which import this one: resolved on first use
+    if name == "evaluate_model":
+        from morphzoo.metrics.evaluate import evaluate_model
+
+        return evaluate_model
+    raise AttributeError(name)

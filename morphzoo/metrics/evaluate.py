@@ -1,0 +1,114 @@
+"""Every metric of the shared package that applies to a model, on its dataset's splits: one leaderboard row.
+
+- **reconstruction** (all models): :class:`VertexError` on the test split, plain and similarity-Procrustes aligned;
+- **generation** (models that sample; plain autoencoders through the Gaussian of their training latents, fitted here
+  if the model has none): :class:`Specificity` of ``samples`` samples against the training split and
+  :class:`Diversity` over ``pairs`` random pairs of them;
+- **disentanglement** (models with ``predict_neutral``, and datasets with ``identity`` labels):
+  :class:`DisentanglementError` and :class:`JiangDisentanglementError` of the test split's predicted neutral faces;
+- **data reference values** (from the labels): the diversity of the training meshes, overall and within the same
+  identity / expression, which a generator's diversity is compared with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from morphzoo.data.base import MeshDataModule, MeshSubset
+from morphzoo.methods.base import MorphableModel
+from morphzoo.metrics.disentanglement import DisentanglementError, JiangDisentanglementError
+from morphzoo.metrics.diversity import Diversity
+from morphzoo.metrics.specificity import Specificity
+from morphzoo.metrics.vertex_error import VertexError
+
+
+def _batches(subset: MeshSubset, batch_size: int) -> DataLoader:
+    return DataLoader(subset, batch_size=batch_size, collate_fn=lambda batch: batch)
+
+
+@torch.no_grad()
+def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1000, pairs: int = 10_000,
+                   seed: int = 0, batch_size: int = 64) -> dict[str, float]:
+    """Compute every applicable metric (see the module docstring); returns ``{"group/metric": value}`` in mm.
+
+    Args:
+        model: a trained model (set to eval mode here).
+        data: its DataModule; the split protocol is the DataModule's.
+        samples: generated meshes for specificity and diversity (the GAN paper's 1000).
+        pairs: random pairs for diversity (the GAN paper's 10,000).
+        seed: seeds sampling and pair drawing.
+        batch_size: meshes per forward pass.
+    """
+    model.eval()
+    results: dict[str, float] = {}
+    test, train = data.subset("test"), data.subset("train")
+    plain, aligned = VertexError(), VertexError(align="procrustes")
+    neutral = DisentanglementError(), JiangDisentanglementError()
+    predicts_neutral = hasattr(model, "predict_neutral") and "identity" in data.collection.labels
+    for batch in _batches(test, batch_size):
+        vertices = batch["vertices"].to(model.mean)
+        prediction = model(vertices)
+        plain.update(prediction, vertices)
+        aligned.update(prediction, vertices)
+        if predicts_neutral:
+            for metric in neutral:
+                metric.update(model.predict_neutral(vertices), batch["identity"])
+    for name, metric in (("reconstruction", plain), ("reconstruction_aligned", aligned)):
+        values = metric.compute()
+        results.update({f"{name}/{key}_mm": float(values[key]) for key in ("mean", "std", "median")})
+    if predicts_neutral:
+        for name, metric in zip(("disentanglement", "disentanglement_jiang"), neutral, strict=True):
+            values = metric.compute()
+            results.update({f"{name}/{key}_mm": float(values[key]) for key in ("mean", "median")})
+
+    training_meshes = np.asarray(data.collection.vertices[np.sort(data.split_indices["train"])])
+    if samples > 0:
+        generated = _generate(model, train, samples, seed, batch_size)
+        specificity, diversity = Specificity(training_meshes), Diversity(pairs=pairs, seed=seed)
+        for chunk in generated.split(batch_size):
+            specificity.update(chunk)
+            diversity.update(chunk)
+        results["generation/specificity_mm"] = float(specificity.compute()["mean"])
+        results["generation/diversity_mm"] = float(diversity.compute()["mean"])
+    results.update(data_diversity(data, pairs, seed))
+    return results
+
+
+def _generate(model: MorphableModel, train: MeshSubset, count: int, seed: int, batch_size: int) -> Tensor:
+    """``count`` samples of ``model``; an autoencoder without a latent distribution gets one from ``train``."""
+    if model.latent_mean.numel() == 0:
+        model.fit_latent_distribution(
+            {"vertices": batch["vertices"].to(model.mean)} for batch in _batches(train, batch_size))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([model.sample(min(batch_size, count - start), generator=generator).cpu()
+                      for start in range(0, count, batch_size)])
+
+
+DATA_DIVERSITY_MESHES = 4000
+
+
+def data_diversity(data: MeshDataModule, pairs: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """The diversity of the training meshes (mm): overall and, where the labels exist, within the same identity and
+    within the same expression (or sequence): the reference values for a generator's diversity.
+
+    Pairs are drawn among a seeded random subset of at most ``DATA_DIVERSITY_MESHES`` training meshes: ``pairs``
+    random pairs never involve more meshes than that, and the subset keeps memory bounded on large datasets.
+    """
+    train = data.split_indices["train"]
+    if len(train) > DATA_DIVERSITY_MESHES:
+        train = np.random.default_rng(seed).choice(train, DATA_DIVERSITY_MESHES, replace=False)
+    train = np.sort(train)
+    meshes = torch.from_numpy(np.asarray(data.collection.vertices[train]))
+    results = {}
+    for name, label in (("global", None), ("same_identity", "identity"), ("same_expression", "expression"),
+                        ("same_sequence", "sequence")):
+        if label is not None and label not in data.collection.labels:
+            continue
+        metric = Diversity(pairs=pairs, seed=seed)
+        groups = None if label is None else torch.as_tensor(data.collection.labels[label][train])
+        metric.update(meshes, groups)
+        results[f"data/diversity_{name}_mm"] = float(metric.compute()["mean"])
+    return results

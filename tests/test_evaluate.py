@@ -1,0 +1,54 @@
+"""``evaluate_model``: every applicable metric for a model on its dataset, in one call."""
+
+import numpy as np
+import pytest
+import torch
+
+from morphzoo.methods import SpiralNetPlusPlus
+from morphzoo.metrics import VertexError, evaluate_model
+from tests.synthetic import SphereDataModule
+
+
+@pytest.fixture(scope="module")
+def data():
+    return SphereDataModule(identities=3, expressions=3, frames=40)
+
+
+def model_for(data):
+    torch.manual_seed(0)
+    return SpiralNetPlusPlus(template=data.template, mean=data.mean, std=data.std, latent_dim=8)
+
+
+def test_a_row_has_every_applicable_metric(data):
+    model = model_for(data)
+    row = evaluate_model(model, data, samples=50, pairs=200)
+    test = torch.from_numpy(np.asarray(data.collection.vertices[data.split_indices["test"]]))
+    expected = VertexError()
+    with torch.no_grad():
+        expected.update(model.eval()(test), test)
+    assert row["reconstruction/mean_mm"] == pytest.approx(float(expected.compute()["mean"]), rel=1e-5)
+    assert row["reconstruction_aligned/mean_mm"] <= row["reconstruction/mean_mm"] * 1.01
+    assert model.latent_mean.numel() == 8  # the autoencoder got its latent Gaussian from the training split
+    assert row["generation/specificity_mm"] > 0 and row["generation/diversity_mm"] > 0
+    # the spheres' identities are scalings, their expressions small bumps: same-identity pairs differ far less
+    assert row["data/diversity_same_identity_mm"] < row["data/diversity_global_mm"]
+    assert "disentanglement/mean_mm" not in row  # SpiralNet++ predicts no neutral face
+
+
+class PerfectNeutral(SpiralNetPlusPlus):
+    """A model whose neutral prediction is each subject's true neutral face (looked up by the closest one)."""
+
+    neutral_faces: torch.Tensor
+
+    def predict_neutral(self, vertices):
+        distances = (vertices[:, None] - self.neutral_faces[None]).norm(dim=-1).mean(-1)
+        return self.neutral_faces[distances.argmin(1)]
+
+
+def test_disentanglement_is_evaluated_for_models_that_predict_neutral_faces(data):
+    model = PerfectNeutral(template=data.template, mean=data.mean, std=data.std, latent_dim=8)
+    model.neutral_faces = torch.from_numpy(data.collection.neutral)
+    row = evaluate_model(model, data, samples=0)
+    assert row["disentanglement/mean_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert row["disentanglement_jiang/mean_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert "generation/specificity_mm" not in row
