@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from morphzoo.metrics.evaluate import evaluate_model
 from morphzoo.metrics.vertex_error import VertexError
 from morphzoo.viz.render import plot_cumulative_error, render_error_map
 
@@ -63,6 +64,7 @@ def train_and_evaluate(recipe: str, args: argparse.Namespace) -> dict:
     best = cli.trainer.checkpoint_callback.best_model_path
     cli.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     result = evaluate(cli.model, cli.datamodule)
+    result["metrics"] = evaluate_model(cli.model, cli.datamodule)
     result.update(
         name=name,
         method=type(cli.model).__name__,
@@ -95,6 +97,16 @@ def write_report(results: list[dict], out: Path, size: str, total_seconds: float
     for r in results:
         lines.append(f"| {r['method']} (`{r['name']}`) | {r['parameters']:,} | {r['epochs']} | "
                      f"{r['train_seconds'] / 60:.1f} min | {r['mean']:.3f} ± {r['std']:.3f} | {r['median']:.3f} |")
+    lines += ["", "Every metric of `morphzoo.metrics` that applies (`evaluate_model`; samples from the Gaussian of "
+              "each model's training latents; the last column is the training data's own diversity, for reference):",
+              "", "| model | aligned error (mm) | specificity (mm) | diversity (mm) | data diversity: all / same "
+              "identity / same expression (mm) |", "|---|---|---|---|---|"]
+    for r in results:
+        m = r["metrics"]
+        lines.append(f"| {r['method']} | {m['reconstruction_aligned/mean_mm']:.3f} | "
+                     f"{m['generation/specificity_mm']:.3f} | {m['generation/diversity_mm']:.3f} | "
+                     f"{m['data/diversity_global_mm']:.2f} / {m['data/diversity_same_identity_mm']:.2f} / "
+                     f"{m['data/diversity_same_expression_mm']:.2f} |")
     lines += ["", "![cumulative error](cumulative_error.png)", ""]
     for r in results:
         picture = render_error_map(
@@ -111,7 +123,7 @@ def write_report(results: list[dict], out: Path, size: str, total_seconds: float
     report.write_text("\n".join(lines))
     summary = {r["name"]: {k: (float(r[k]) if k in ("mean", "std", "median", "train_seconds") else r[k])
                            for k in ("method", "parameters", "epochs", "train_seconds", "mean", "std", "median",
-                                     "checkpoint")} for r in results}
+                                     "checkpoint", "metrics")} for r in results}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return report
 

@@ -154,7 +154,9 @@ def test_main_job_writes_a_report(tmp_path):
     assert f"report written to {tmp_path / 'report.md'}" in result.stdout
     for name in ("SpiralNetPlusPlus", "CoMA"):
         assert name in report
+    assert "specificity (mm)" in report
     for picture in ("cumulative_error.png", "spiralnet_reconstruction.png", "coma_reconstruction.png"):
         assert (tmp_path / picture).stat().st_size > 10_000
     results = yaml.safe_load((tmp_path / "results.json").read_text())
     assert all(0 < r["mean"] < 100 and r["median"] <= r["mean"] + r["std"] for r in results.values())
+    assert all(r["metrics"]["generation/specificity_mm"] > 0 for r in results.values())

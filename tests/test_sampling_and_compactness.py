@@ -109,3 +109,14 @@ def test_linear_metrics_reject_bad_input():
         PCAGeneralisation(train, components=(8,))
     with pytest.raises(ValueError, match=r"expected \(B, V, 3\)"):
         Compactness().update(torch.zeros(3, 4))
+
+
+def test_checkpoints_without_a_latent_distribution_load_unfitted(collection):
+    state = model_for(collection).state_dict()
+    del state["latent_mean"], state["latent_cholesky"]  # as written before models could sample
+    model = model_for(collection)
+    model.load_state_dict(state, strict=True)
+    assert model.latent_mean.numel() == 0
+    state["unexpected"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="unexpected"):
+        model.load_state_dict(state, strict=True)  # strictness is otherwise intact

@@ -155,10 +155,11 @@ class MorphableModel(L.LightningModule):
         return self.decode(self.latent_mean + noise.to(self.latent_mean.device) @ self.latent_cholesky.T)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        # the latent Gaussian's size is only known once fitted: take it from the checkpoint
-        for name in ("latent_mean", "latent_cholesky"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        # The latent Gaussian's size is only known once fitted: take it from the checkpoint. Checkpoints written
+        # before models could sample have none: they load unfitted.
+        for name, empty in (("latent_mean", (0,)), ("latent_cholesky", (0, 0))):
+            state_dict.setdefault(prefix + name, torch.empty(empty))
+            setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------------- training
