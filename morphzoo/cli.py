@@ -1,5 +1,5 @@
-"""Command line: ``morphzoo fit|validate|test|predict -c recipes/NAME.yaml`` (LightningCLI), ``morphzoo main-job`` and
-``morphzoo export-dataset``.
+"""Command line: ``morphzoo fit|validate|test|predict -c recipes/NAME.yaml`` (LightningCLI), ``morphzoo main-job``,
+``morphzoo export-dataset`` and the zoo's ``list|info|download|verify|export|push|zoo|bench`` (morphzoo/zoo_cli.py).
 
 morphzoo also installs a ``lightning`` console script with the same Lightning sub-commands, because the mission promises
 ``lightning fit -c recipes/NAME.yaml`` and Lightning >= 2.5.1 ships no such command.
@@ -55,8 +55,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         MorphzooCLI(args=argv)
         return
     parser = argparse.ArgumentParser(prog="morphzoo", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(
-        dest="command", metavar="{" + ",".join(LIGHTNING_SUBCOMMANDS) + ",main-job,export-dataset}")
+    from morphzoo import zoo_cli
+
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(
+        (*LIGHTNING_SUBCOMMANDS, "main-job", "export-dataset", *zoo_cli.COMMANDS)) + "}")
     for name in LIGHTNING_SUBCOMMANDS:
         commands.add_parser(name, help=f"Lightning {name} from a recipe (morphzoo {name} -c recipes/NAME.yaml)")
     job = commands.add_parser("main-job", help="generate anny-face, train, evaluate and write a report")
@@ -65,11 +67,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_arguments(job)
     export = commands.add_parser("export-dataset", help="write an embedded anny dataset in a real dataset's format")
     _add_export_arguments(export)
+    zoo_cli.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "main-job":
         run_main_job(args)
     elif args.command == "export-dataset":
         _export_dataset(args)
+    elif args.command in zoo_cli.COMMANDS:
+        zoo_cli.run(args)
     else:
         parser.print_help()
 

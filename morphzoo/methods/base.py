@@ -8,7 +8,8 @@ per-coordinate standardisation with the training split's mean and std; errors ar
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 
 import lightning as L
 import numpy as np
@@ -47,7 +48,10 @@ class MorphableModel(L.LightningModule):
                 f"{type(self).__name__} needs a template mesh. Train it through `morphzoo fit -c recipes/...yaml`, "
                 "which links the template and normalisation from the DataModule, or pass `template=Template(...)`."
             )
-        self.template = template
+        # Everything derived from the template (QEM levels, spirals) is computed from its float32 positions: the
+        # precision of the `template_vertices` buffer that a checkpoint restores. A loaded model then rebuilds exactly
+        # the structures it was trained with, even on a machine whose cache is empty.
+        self.template = dataclasses.replace(template, vertices=template.vertices.astype(np.float32))
         vertices = torch.as_tensor(template.vertices, dtype=torch.float32)
         mean = vertices if mean is None else torch.as_tensor(mean, dtype=torch.float32)
         if std is None:
@@ -96,6 +100,11 @@ class MorphableModel(L.LightningModule):
         vertices, single = self._as_batch(vertices)
         reconstruction = self.denormalise(self.decode_normalised(self.encode_normalised(self.normalise(vertices))))
         return reconstruction[0] if single else reconstruction
+
+    def num_learned_values(self) -> int:
+        """The model's size for tables and the registry: its trainable parameters. Closed-form models whose fitted
+        values are buffers (PCA's components) add those."""
+        return sum(p.numel() for p in self.parameters())
 
     def encode_normalised(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -162,6 +171,75 @@ class MorphableModel(L.LightningModule):
             setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    # -------------------------------------------------------------------------------------------- latent arithmetic
+    @torch.no_grad()
+    def interpolate(self, source: Tensor | np.ndarray, target: Tensor | np.ndarray,
+                    weights: float | Sequence[float] | Tensor) -> Tensor:
+        r"""Meshes along the latent line through two meshes (Deep3DMM, Chen & Kim, CVPR 2021, §4.7).
+
+        For each weight :math:`w`: :math:`z(w) = (1 - w)\,z_s + w\,z_t`, decoded, with :math:`z = \mathrm{encode}(x)`.
+        Weights in [0, 1] interpolate (§4.7 "Interpolation", with :math:`\alpha = w`); weights outside it extrapolate
+        (§4.7 "Extrapolation": with the neutral face of an identity as ``source`` and one of its expressions as
+        ``target``, :math:`w > 1` exaggerates the expression). :math:`w = 0` and :math:`w = 1` give the
+        reconstructions of ``source`` and ``target``. For a linear model (PCA) the result is exactly
+        :math:`(1 - w)\,\hat x_s + w\,\hat x_t`.
+
+        Args:
+            source, target: (V, 3) or (B, V, 3) meshes in metres; a single mesh pairs with every mesh of a batch.
+            weights: one weight, or W weights (a sequence or 1-D tensor).
+
+        Returns:
+            (W, B, V, 3) meshes in metres; without the W axis for a single number, without the B axis when both
+            inputs are single meshes.
+        """
+        (z_source, z_target), single = self._encode_for("interpolate", source, target)
+        w = torch.as_tensor(weights, dtype=z_source.dtype, device=z_source.device)
+        if w.dim() > 1:
+            raise ValueError(f"{type(self).__name__}.interpolate: weights must be a number or a 1-D sequence, got "
+                             f"shape {tuple(w.shape)}")
+        w_ = w.reshape(-1, *[1] * z_source.dim())
+        latent = (1 - w_) * z_source + w_ * z_target  # (W, B, ...)
+        meshes = self.decode(latent.flatten(0, 1)).unflatten(0, latent.shape[:2])
+        meshes = meshes[:, 0] if single else meshes
+        return meshes[0] if w.dim() == 0 else meshes
+
+    @torch.no_grad()
+    def transfer_deformation(self, source: Tensor | np.ndarray, deformed_source: Tensor | np.ndarray,
+                             target: Tensor | np.ndarray) -> Tensor:
+        r"""Apply the deformation between two meshes of one subject to another subject (Deep3DMM §4.7).
+
+        With :math:`S_0` (``source``, e.g. a neutral face), :math:`S_1` (``deformed_source``, the same subject with an
+        expression or pose) and :math:`T_0` (``target``, another subject, same expression or pose as :math:`S_0`),
+        the paper's "deformation transfer" on latent codes: :math:`\hat T_1 = \mathrm{decode}(z_{T_0} +
+        (z_{S_1} - z_{S_0}))`. With :math:`S_1 = S_0` it is the reconstruction of :math:`T_0`.
+
+        Args:
+            source, deformed_source, target: (V, 3) or (B, V, 3) meshes in metres; single meshes pair with every mesh
+                of a batch (one deformation to many targets, or many deformations to one target).
+
+        Returns:
+            (B, V, 3) meshes in metres, or (V, 3) when all three inputs are single meshes.
+        """
+        (z_s0, z_s1, z_t0), single = self._encode_for("transfer_deformation", source, deformed_source, target)
+        meshes = self.decode(z_t0 + (z_s1 - z_s0))
+        return meshes[0] if single else meshes
+
+    def _encode_for(self, method: str, *meshes: Tensor | np.ndarray) -> tuple[list[Tensor], bool]:
+        """Latent codes of each input, single meshes repeated to the common batch size, and whether all were single."""
+        batches = [self._as_batch(vertices) for vertices in meshes]
+        sizes = {len(vertices) for vertices, single in batches if not single}
+        if len(sizes) > 1:
+            shapes = ", ".join(str(tuple(vertices.shape)) for vertices, _ in batches)
+            raise ValueError(f"{type(self).__name__}.{method}: the batched inputs have different batch sizes "
+                             f"({shapes}); give equal batch sizes, or single (V, 3) meshes, which pair with every mesh "
+                             "of a batch")
+        size = max(sizes, default=1)
+        latents = [self.encode_normalised(self.normalise(vertices)) for vertices, _ in batches]
+        if not all(isinstance(latent, Tensor) for latent in latents):
+            raise TypeError(f"{type(self).__name__}.{method} needs a tensor latent code; this model encodes to "
+                            f"{type(latents[0]).__name__}: combine its parts yourself and call decode")
+        return [latent.expand(size, *latent.shape[1:]) for latent in latents], not sizes
+
     # ------------------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         x = self.normalise(batch["vertices"])
@@ -188,6 +266,12 @@ class MorphableModel(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self(batch["vertices"])
+
+    def prepare_inference(self) -> MorphableModel:
+        """Switch to the inference form and evaluation mode; returns ``self``. The registry calls it after loading
+        weights. Methods whose inference form differs from their training form override it (Deep3DMM materialises its
+        learned sampling matrices)."""
+        return self.eval()
 
     @classmethod
     def from_lightning_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> MorphableModel:

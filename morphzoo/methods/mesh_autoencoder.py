@@ -1,9 +1,11 @@
-"""The hierarchical mesh autoencoder shared by CoMA and SpiralNet++ (and the Neural3DMM to come).
+"""The hierarchical mesh autoencoder shared by CoMA, SpiralNet++, Neural3DMM and Deep3DMM.
 
 Encoder: for each level ``i`` of a QEM hierarchy, ``conv -> activation -> down-sample``; flatten the coarsest level
 and map it to the latent code with a linear layer. Decoder: a linear layer back to the coarsest level, then
-``up-sample -> conv -> activation`` per level, and a last convolution to xyz (no bias, no activation). The methods
-differ only in their convolution (Chebyshev or spiral) and defaults, so they pass a ``conv_factory`` to this class.
+``up-sample -> conv -> activation`` per level, and a last convolution to xyz (no activation). The methods differ in
+their convolution (Chebyshev or spiral) and defaults, so they pass a ``conv_factory`` to this class; Deep3DMM also
+replaces the QEM down/up-sampling by learned feature aggregation through a ``sampling_factory``. Any convolution
+combines with any sampling.
 """
 
 from __future__ import annotations
@@ -12,13 +14,24 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from morphzoo.mesh.sampling import mesh_hierarchy
+from morphzoo.mesh.sampling import SamplingLevel, mesh_hierarchy
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import MorphableModel
 from morphzoo.nn.pooling import Downsample, Upsample
 
 # conv_factory(level, level_template, in_channels, out_channels, bias) -> module mapping (B, V_level, C_in) -> C_out
 ConvFactory = Callable[[int, Template, int, int, bool], nn.Module]
+# sampling_factory(direction, level, sampling, fine_template, coarse_template) -> module for ``levels[level]``:
+# direction "down" maps (B, V_fine, C) -> (B, V_coarse, C), direction "up" maps (B, V_coarse, C) -> (B, V_fine, C).
+SamplingFactory = Callable[[str, int, SamplingLevel, Template, Template], nn.Module]
+
+
+def qem_sampling(direction: str, level: int, sampling: SamplingLevel, fine: Template, coarse: Template) -> nn.Module:
+    """The fixed QEM sampling of CoMA (§3.2): vertex selection down, barycentric interpolation up."""
+    if direction == "down":
+        return Downsample(sampling.down_index)
+    return Upsample(sampling.up_index, sampling.up_weight)
+
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU}
 
@@ -36,6 +49,7 @@ class MeshAutoencoder(MorphableModel):
         activation: ``"relu"`` or ``"elu"``.
         conv_factory: builds the convolution for a level.
         output_bias: whether the last convolution (to xyz) has a bias (CoMA's has none; SpiralNet++'s has one).
+        sampling_factory: builds the down- and up-sampling between two levels (default: :func:`qem_sampling`).
     """
 
     def __init__(
@@ -50,6 +64,7 @@ class MeshAutoencoder(MorphableModel):
         activation: str,
         conv_factory: ConvFactory,
         output_bias: bool,
+        sampling_factory: SamplingFactory = qem_sampling,
     ) -> None:
         super().__init__(template, mean, std)
         levels = len(sampling_factors)
@@ -65,8 +80,12 @@ class MeshAutoencoder(MorphableModel):
         hierarchy = mesh_hierarchy(self.template, list(sampling_factors))
         self.level_sizes = hierarchy.sizes
         templates = hierarchy.templates
-        self.down = nn.ModuleList(Downsample(level.down_index) for level in hierarchy.levels)
-        self.up = nn.ModuleList(Upsample(level.up_index, level.up_weight) for level in hierarchy.levels)
+        # down[i] maps level i to level i + 1; up[i] maps level i + 1 back to level i.
+        self.down, self.up = (
+            nn.ModuleList(sampling_factory(direction, i, hierarchy.levels[i], templates[i], templates[i + 1])
+                          for i in range(levels))
+            for direction in ("down", "up")
+        )
 
         channels = [3, *encoder_channels]
         self.encoder_convs = nn.ModuleList(

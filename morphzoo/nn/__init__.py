@@ -1,7 +1,10 @@
 """Reusable mesh layers: small, documented ``nn.Module``s with the formula in the docstring."""
 
 from morphzoo.nn.chebconv import ChebConv
+from morphzoo.nn.feature_aggregation import FeatureAggregation, SparseMapping
 from morphzoo.nn.pooling import Downsample, Upsample
 from morphzoo.nn.spiralconv import SpiralConv
+from morphzoo.nn.transformer import MixerBlock, TokenBackbone, TransformerBlock
 
-__all__ = ["ChebConv", "Downsample", "SpiralConv", "Upsample"]
+__all__ = ["ChebConv", "Downsample", "FeatureAggregation", "MixerBlock", "SparseMapping", "SpiralConv", "TokenBackbone",
+           "TransformerBlock", "Upsample"]

@@ -1,0 +1,58 @@
+"""``morphzoo bench`` on a tiny registry with one bundled checkpoint."""
+
+import json
+
+import pytest
+import torch
+
+from morphzoo import hub, zoo
+from morphzoo.checkpoint import write_checkpoint
+from morphzoo.leaderboard import datamodule_for
+from morphzoo.metrics.vertex_error import VertexError
+from tests.test_checkpoint import tiny_spiralnet
+from tests.test_registry import cli, registry_entry, write_registry_file
+
+
+def test_bench_writes_the_leaderboard_with_the_models_numbers(tmp_path, capsys):
+    folder = write_checkpoint(tiny_spiralnet(), tmp_path / "zoo" / "spiralnet-tiny-spheres", fp16=True)
+    files = {p.name: vars(hub.describe_file(p)) for p in folder.iterdir()}
+    path = write_registry_file(tmp_path, [
+        registry_entry("spiralnet-tiny-spheres", status="available",
+                       weights={"bundled": "zoo/spiralnet-tiny-spheres", "files": files},
+                       build={"seed": 0, "overrides": ["--data.init_args.frames=20", "--trainer.max_epochs=1"]}),
+        registry_entry("spiralnet-other-spheres")])
+    out = tmp_path / "bench"
+    output = cli(capsys, "bench", "--registry", str(path), "--out", str(out), "--samples", "20", "--pairs", "50")
+    assert "evaluated 1 checkpoint(s)" in output
+
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["models"]
+    assert row["name"] == "spiralnet-tiny-spheres" and results["skipped"] == {"spiralnet-other-spheres":
+                                                                             "no weights (not-built)"}
+    # the reported reconstruction error is the model's on the test split of the recorded DataModule (frames=20)
+    registry = zoo.load_registry(path)
+    data = datamodule_for(registry.get("spiralnet-tiny-spheres"), registry)
+    assert data.sizes == (2, 2, 20) and row["test_meshes"] == len(data.split_indices["test"])
+    model, metric = zoo.load("spiralnet-tiny-spheres", registry=path), VertexError()
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            metric.update(model(batch["vertices"]), batch["vertices"])
+    expected = float(metric.compute()["mean"])
+    assert abs(row["metrics"]["reconstruction/mean_mm"] - expected) < 1e-4 * max(expected, 1)
+    assert {"generation/specificity_mm", "generation/diversity_mm", "reconstruction_aligned/mean_mm"} <= set(
+        row["metrics"])
+
+    markdown = (out / "leaderboard.md").read_text()
+    assert "## spheres (interpolation)" in markdown and "`spiralnet-tiny-spheres`" in markdown
+    assert f"{row['metrics']['reconstruction/mean_mm']:.3f}" in markdown
+    assert "spiralnet-other-spheres" in markdown  # listed as not evaluated, with the reason
+    for figure in ("cumulative_error_spheres.png", "error_map_spiralnet-tiny-spheres.png"):
+        assert (out / figure).stat().st_size > 1000 and f"({figure})" in markdown
+
+
+def test_bench_data_overrides_must_be_key_value(tmp_path):
+    path = write_registry_file(tmp_path, [registry_entry("spiralnet-tiny-spheres", build={
+        "seed": 0, "overrides": ["--data.init_args.frames", "20"]})])
+    registry = zoo.load_registry(path)
+    with pytest.raises(zoo.RegistryError, match="--data.init_args.KEY=VALUE"):
+        datamodule_for(registry.get("spiralnet-tiny-spheres"), registry)
