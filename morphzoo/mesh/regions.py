@@ -135,8 +135,9 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(first))[inverse].astype(np.int64)
 
 
-def load_regions(path: str | Path, num_vertices: int) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Regions from a ``regions.json`` ``{"name": [vertex indices], ...}`` that must cover every vertex once."""
+def read_regions(path: str | Path, num_vertices: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Regions from a ``regions.json`` ``{"name": [vertex indices], ...}``: (V,) labels in file order, -1 where no
+    region lists a vertex, and the names. Each region must be non-empty, inside [0, V) and disjoint from the others."""
     path = Path(path)
     try:
         listed = json.loads(path.read_text())
@@ -150,7 +151,13 @@ def load_regions(path: str | Path, num_vertices: int) -> tuple[np.ndarray, tuple
         if (labels[indices] >= 0).any():
             raise ValueError(f"{path}: region '{name}' overlaps another region; a vertex belongs to one region")
         labels[indices] = label
-    return check_partition(labels, num_vertices, str(path)), tuple(members)
+    return labels, tuple(members)
+
+
+def load_regions(path: str | Path, num_vertices: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """:func:`read_regions` for a file that must cover every vertex exactly once (a partition)."""
+    labels, names = read_regions(path, num_vertices)
+    return check_partition(labels, num_vertices, str(path)), names
 
 
 def control_vertices(vertices: np.ndarray, labels: np.ndarray, per_region: int) -> np.ndarray:

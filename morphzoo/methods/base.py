@@ -274,6 +274,17 @@ class MorphableModel(L.LightningModule):
         return self.eval()
 
     @classmethod
+    def restore_arguments(cls, template: Template, state: dict[str, Tensor], init_args: dict,
+                          extra: dict | None = None) -> tuple[Template, dict]:
+        """The constructor arguments that rebuild a saved model from its state (Lightning ``.ckpt`` or zoo folder).
+
+        ``template`` holds the saved topology and positions only. Methods whose construction reads more from the data
+        (LAMM's regions and control vertices) override this to take it from their saved buffers instead; ``extra``
+        is the checkpoint's other saved fields (Lightning's checkpoint dict or the zoo's ``config.json``).
+        """
+        return template, init_args
+
+    @classmethod
     def from_lightning_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> MorphableModel:
         """Rebuild a model from a Lightning ``.ckpt``: the template and normalisation come from its buffers."""
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
@@ -282,6 +293,7 @@ class MorphableModel(L.LightningModule):
                             faces=state["template_faces"].numpy())
         # LightningCLI adds bookkeeping entries such as ``_class_path``: they are not constructor arguments.
         hyperparameters = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+        template, hyperparameters = cls.restore_arguments(template, state, hyperparameters, checkpoint)
         model = cls(template=template, mean=state["mean"], std=state["std"], **hyperparameters)
         model.load_state_dict(state, strict=True)
         return model.eval()

@@ -52,6 +52,7 @@ latent 128: 5.4M parameters, 21.7 MB; the Mixer 4.0M, 15.9 MB) is the size for a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -504,9 +505,6 @@ class LAMM(MorphableModel):
         counts["total"] = count(self)
         return counts
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["region_names"] = list(self.region_names)
-
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         # Control Gaussians exist only once fitted: take their size from the checkpoint (as the latent Gaussian).
         for name in ("control_mean", "control_cholesky"):
@@ -514,22 +512,19 @@ class LAMM(MorphableModel):
             setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["region_names"] = list(self.region_names)
+
     @classmethod
-    def from_lightning_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> LAMM:
-        """Rebuild a LAMM from a Lightning ``.ckpt``: template, normalisation, regions and control vertices come from
-        the checkpoint itself (no dataset or region file needed)."""
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        state = checkpoint["state_dict"]
+    def restore_arguments(cls, template: Template, state: dict[str, Tensor], init_args: dict,
+                          extra: dict | None = None) -> tuple[Template, dict]:
+        """Regions and control vertices come from the saved buffers (no dataset or region file needed)."""
         labels = state["region_labels"].numpy()
-        names = checkpoint.get("region_names") or [f"region{k}" for k in range(labels.max() + 1)]
-        template = Template(vertices=state["template_vertices"].double().numpy(), faces=state["template_faces"].numpy(),
-                            regions=labels, region_names=tuple(names))
-        hyperparameters = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
-        hyperparameters.update(regions="template", num_regions=None, init_from=None,
-                               control_vertices=state["control_index"].tolist())
-        model = cls(template=template, mean=state["mean"], std=state["std"], **hyperparameters)
-        model.load_state_dict(state, strict=True)
-        return model.eval()
+        names = (extra or {}).get("region_names") or [f"region{k}" for k in range(labels.max() + 1)]
+        template = dataclasses.replace(template, regions=labels, region_names=tuple(names))
+        init_args = {**init_args, "regions": "template", "num_regions": None, "init_from": None,
+                     "control_vertices": state["control_index"].tolist()}
+        return template, init_args
 
 
 def _resolve_regions(template: Template, source: str, num_regions: int | None) -> tuple[np.ndarray, tuple[str, ...]]:

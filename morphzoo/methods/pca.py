@@ -62,7 +62,7 @@ import torch
 from scipy.sparse.linalg import svds
 from torch import Tensor
 
-from morphzoo.data.folder import _with_regions
+from morphzoo.mesh.regions import read_regions
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS, MorphableModel
 
@@ -291,7 +291,7 @@ class RegionPCA(PCA):
             if not path.is_file():
                 raise FileNotFoundError(f"{name}: regions file {path} not found; give a regions.json "
                                         "({\"region name\": [vertex indices], ...}) or a (V,) array of labels")
-            return _with_regions(self.template, path).regions
+            return read_regions(path, self.num_vertices)[0]
         if regions is None:
             if self.template.regions is None:
                 raise ValueError(
