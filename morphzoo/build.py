@@ -53,8 +53,13 @@ def _replace_directory(new: Path, final: Path) -> None:
 
 
 def build_entry(name: str, registry: str | Path | None = None, samples: int = 1000, pairs: int = 10_000,
-                extra_overrides: Sequence[str] = ()) -> dict:
-    """Build one bundled entry (see the module docstring); returns the registry fields it wrote."""
+                extra_overrides: Sequence[str] = (), from_checkpoint: str | Path | None = None) -> dict:
+    """Build one bundled entry (see the module docstring); returns the registry fields it wrote.
+
+    ``from_checkpoint`` skips step 1: it registers a Lightning ``.ckpt`` already trained from the entry's recipe and
+    overrides (e.g. the second stage of a two-stage method, whose recipe starts from the first stage's checkpoint).
+    The provenance names it.
+    """
     from morphzoo.cli import MorphzooCLI
     from morphzoo.metrics.evaluate import evaluate_model
 
@@ -75,14 +80,21 @@ def build_entry(name: str, registry: str | Path | None = None, samples: int = 10
         cli = MorphzooCLI(args=["-c", str(registry_.root / entry.recipe), f"--seed_everything={seed}", *overrides,
                                 f"--trainer.default_root_dir={work / 'run'}", "--trainer.logger=false",
                                 "--trainer.enable_progress_bar=false"], run=False)
-        start = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        wall_time = time.perf_counter() - start
-        best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
-        if not best:
-            raise RegistryError(f"{entry.recipe} kept no best-validation checkpoint: its trainer needs a "
-                                "ModelCheckpoint monitoring val/error_mm and a validation split")
+        if from_checkpoint is None:
+            start = time.perf_counter()
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            wall_time = round(time.perf_counter() - start, 1)
+            best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
+            if not best:
+                raise RegistryError(f"{entry.recipe} kept no best-validation checkpoint: its trainer needs a "
+                                    "ModelCheckpoint monitoring val/error_mm and a validation split")
+            source = "a run"
+        else:
+            best, wall_time = str(from_checkpoint), None
+            source = f"{Path(best).name} (registered with --from-checkpoint) of a run"
+            cli.datamodule.setup("fit")
         checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        epochs = int(cli.trainer.current_epoch) if from_checkpoint is None else int(checkpoint["epoch"]) + 1
         model = cli.model.cpu()
         model.load_state_dict(checkpoint["state_dict"])
         model.fit_latent_distribution(cli.datamodule.train_dataloader())
@@ -94,8 +106,8 @@ def build_entry(name: str, registry: str | Path | None = None, samples: int = 10
                    evaluate_model(shipped, cli.datamodule, samples=samples, pairs=pairs).items()}
         provenance = {
             "morphzoo_version": morphzoo.__version__, "commit": git_commit(registry_.root), "seed": seed,
-            "epochs": int(cli.trainer.current_epoch), "wall_time_s": round(wall_time, 1),
-            "note": (f"best-validation checkpoint (epoch {checkpoint['epoch']}) of a run with "
+            "epochs": epochs, "wall_time_s": wall_time,
+            "note": (f"best-validation checkpoint (epoch {checkpoint['epoch']}): {source} with "
                      f"{' '.join(overrides) or 'the recipe as is'}; the recipe's (paper's) schedule is "
                      f"{recipe_epochs} epochs. Metrics: {samples} samples, {pairs} pairs."),
         }

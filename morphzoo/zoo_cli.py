@@ -73,6 +73,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--pairs", type=int, default=10_000, help="pairs for diversity (default 10000)")
     build.add_argument("--override", action="append", default=[],
                        help="extra `morphzoo fit` argument, recorded in provenance (repeatable)")
+    build.add_argument("--from-checkpoint", help="register this already trained Lightning .ckpt (one NAME) instead "
+                       "of training: e.g. a second training stage")
     table = _common(actions.add_parser("table", help="regenerate the README's zoo table"))
     table.add_argument("--check", action="store_true", help="exit 1 if the table is stale, change nothing")
     table.add_argument("--readme", help="default: README.md beside the registry")
@@ -185,8 +187,10 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "zoo" and args.zoo_command == "build":
         from morphzoo.build import build_entry
 
+        if args.from_checkpoint and len(args.names) != 1:
+            raise SystemExit("morphzoo zoo build: --from-checkpoint registers one checkpoint: give exactly one NAME")
         for name in args.names:
-            fields = build_entry(name, args.registry, args.samples, args.pairs, args.override)
+            fields = build_entry(name, args.registry, args.samples, args.pairs, args.override, args.from_checkpoint)
             print(f"built {name}: test error {fields['metrics']['reconstruction/mean_mm']:.3f} mm, "
                   f"{fields['num_params']:,} parameters, {fields['provenance']['epochs']} epochs; registry updated")
     elif args.command == "zoo" and args.zoo_command == "table":

@@ -1,0 +1,50 @@
+"""The checkpoints shipped in zoo/ load with no network and reproduce the test errors their registry entries record."""
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+import morphzoo
+from morphzoo.data.anny import ANNY_DATASETS
+from morphzoo.leaderboard import datamodule_for
+from morphzoo.metrics.vertex_error import VertexError
+from morphzoo.zoo import load_registry
+
+REGISTRY = load_registry()
+BUNDLED = sorted(entry.name for entry in REGISTRY.entries.values()
+                 if entry.weights is not None and entry.weights.bundled and entry.dataset["name"] in ANNY_DATASETS)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access is forbidden in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_the_zoo_bundles_every_method_on_anny_face():
+    methods = {REGISTRY.entries[name].class_path for name in BUNDLED if name.endswith("anny-face")}
+    assert {"morphzoo.methods.PCA", "morphzoo.methods.CoMA", "morphzoo.methods.Deep3DMMSpectral",
+            "morphzoo.methods.Neural3DMM", "morphzoo.methods.Deep3DMMSpiral"} <= methods
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_checkpoint_reproduces_its_recorded_test_error(name, no_network):
+    entry = morphzoo.info(name)
+    model = morphzoo.load(name)
+    assert not model.training
+    data = datamodule_for(entry, REGISTRY)  # the entry's recipe with its recorded data overrides
+    data.setup("test")
+    metric = VertexError()
+    with torch.inference_mode():
+        for batch in data.test_dataloader():
+            metric.update(model(batch["vertices"]), batch["vertices"])
+    measured = float(metric.compute()["mean"])
+    recorded = entry.metrics["reconstruction/mean_mm"]
+    # the entry was measured on the same deterministic data with the same shipped weights: only float noise differs
+    np.testing.assert_allclose(measured, recorded, rtol=2e-3, atol=2e-4)
