@@ -26,13 +26,22 @@ from torch import Tensor
 from morphzoo.mesh.graph import scaled_laplacian, sparse_to_torch
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS
-from morphzoo.methods.mesh_autoencoder import MeshAutoencoder
+from morphzoo.methods.mesh_autoencoder import ConvFactory, MeshAutoencoder, decayed_per_epoch
 from morphzoo.nn.chebconv import ChebConv
 
 SETTINGS = {
     "simple": {"encoder_channels": (16, 16, 16, 32), "decoder_channels": (32, 32, 16, 16, 16)},
     "wider": {"encoder_channels": (16, 32, 64, 128), "decoder_channels": (128, 64, 32, 32, 16)},
 }
+
+
+def chebyshev_convolutions(cheb_order: int) -> ConvFactory:
+    """A :class:`MeshAutoencoder` ``conv_factory``: Chebyshev convolutions of order K on each level's Laplacian."""
+
+    def chebyshev(level: int, level_template: Template, c_in: int, c_out: int, bias: bool) -> ChebConv:
+        return ChebConv(c_in, c_out, cheb_order, sparse_to_torch(scaled_laplacian(level_template)), bias)
+
+    return chebyshev
 
 
 class CoMA(MeshAutoencoder):
@@ -64,16 +73,12 @@ class CoMA(MeshAutoencoder):
         weight_decay: float = 5e-4,
         lr_decay: float = 0.99,
     ) -> None:
-        def chebyshev(level: int, level_template: Template, c_in: int, c_out: int, bias: bool) -> ChebConv:
-            return ChebConv(c_in, c_out, cheb_order, sparse_to_torch(scaled_laplacian(level_template)), bias)
-
         super().__init__(template, mean, std, latent_dim, encoder_channels, decoder_channels, sampling_factors,
-                         activation, chebyshev, output_bias=False)
+                         activation, chebyshev_convolutions(cheb_order), output_bias=False)
         self.save_hyperparameters(ignore=DATA_ARGUMENTS)
 
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.SGD(self.parameters(), lr=hp.learning_rate, momentum=hp.momentum,
                                     weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=hp.lr_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return decayed_per_epoch(optimizer, hp.lr_decay)

@@ -37,15 +37,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from morphzoo.mesh.graph import scaled_laplacian, sparse_to_torch
 from morphzoo.mesh.sampling import SamplingLevel
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS, MorphableModel
 from morphzoo.methods.coma import SETTINGS as COMA_SETTINGS
-from morphzoo.methods.mesh_autoencoder import MeshAutoencoder, SamplingFactory, qem_sampling
+from morphzoo.methods.coma import chebyshev_convolutions
+from morphzoo.methods.mesh_autoencoder import MeshAutoencoder, SamplingFactory, decayed_per_epoch, qem_sampling
 from morphzoo.methods.neural3dmm import SETTINGS as NEURAL3DMM_SETTINGS
 from morphzoo.methods.neural3dmm import neural3dmm_convolutions
-from morphzoo.nn.chebconv import ChebConv
 from morphzoo.nn.feature_aggregation import FeatureAggregation, SparseMapping, vertex_embeddings
 
 SETTINGS = {"spectral": COMA_SETTINGS, "spiral": {name: NEURAL3DMM_SETTINGS[name] for name in ("simple", "wider")}}
@@ -183,20 +182,16 @@ class Deep3DMMSpectral(Deep3DMM):
         weight_decay: float = 5e-4,
         lr_decay: float = 0.99,
     ) -> None:
-        def chebyshev(level: int, level_template: Template, c_in: int, c_out: int, bias: bool) -> ChebConv:
-            return ChebConv(c_in, c_out, cheb_order, sparse_to_torch(scaled_laplacian(level_template)), bias)
-
         sampling = feature_aggregation_sampling(aggregation, top_k_down, top_k_up, key_dim, fusion, fusion_init,
                                                 trainable_fusion, encoder_aggregation, decoder_aggregation)
         super().__init__(template, mean, std, latent_dim, encoder_channels, decoder_channels, sampling_factors,
-                         activation, chebyshev, output_bias=False, sampling_factory=sampling)
+                         activation, chebyshev_convolutions(cheb_order), output_bias=False, sampling_factory=sampling)
         self.save_hyperparameters(ignore=DATA_ARGUMENTS)
 
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.SGD(self.parameter_groups(hp.weight_decay), lr=hp.learning_rate, momentum=hp.momentum)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=hp.lr_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return decayed_per_epoch(optimizer, hp.lr_decay)
 
 
 class Deep3DMMSpiral(Deep3DMM):
@@ -248,5 +243,4 @@ class Deep3DMMSpiral(Deep3DMM):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.Adam(self.parameter_groups(hp.weight_decay), lr=hp.learning_rate)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=hp.lr_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return decayed_per_epoch(optimizer, hp.lr_decay)

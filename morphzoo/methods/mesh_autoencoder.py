@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from morphzoo.mesh.sampling import SamplingLevel, mesh_hierarchy
@@ -113,3 +114,10 @@ class MeshAutoencoder(MorphableModel):
         for conv, up in zip(self.decoder_convs, reversed(self.up), strict=True):
             x = self.activation(conv(up(x)))
         return self.output_conv(x)
+
+
+def decayed_per_epoch(optimizer: torch.optim.Optimizer, gamma: float) -> dict:
+    """``configure_optimizers``' answer for the family's schedule: the learning rate multiplied by ``gamma`` after
+    every epoch (0.99 in CoMA, Neural3DMM, SpiralNet++ and Deep3DMM)."""
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

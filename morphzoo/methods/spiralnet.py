@@ -16,7 +16,7 @@ from torch import Tensor
 from morphzoo.mesh.spirals import spiralnet_spirals
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS
-from morphzoo.methods.mesh_autoencoder import MeshAutoencoder
+from morphzoo.methods.mesh_autoencoder import MeshAutoencoder, decayed_per_epoch
 from morphzoo.nn.spiralconv import SpiralConv
 
 
@@ -63,5 +63,4 @@ class SpiralNetPlusPlus(MeshAutoencoder):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.Adam(self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=hp.lr_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return decayed_per_epoch(optimizer, hp.lr_decay)
