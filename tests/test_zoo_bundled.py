@@ -48,3 +48,18 @@ def test_bundled_checkpoint_reproduces_its_recorded_test_error(name, no_network)
     recorded = entry.metrics["reconstruction/mean_mm"]
     # the entry was measured on the same deterministic data with the same shipped weights: only float noise differs
     np.testing.assert_allclose(measured, recorded, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.slow
+def test_bundled_lamm_corrupting_one_region_token_changes_that_region_most(no_network):
+    """LAMM supplement §3.1, Fig. 3: noise on one learned decoder region token of the trained anny-face autoencoder
+    moves that region's vertices far more than the rest of the face."""
+    model = morphzoo.load("lamm-anny-face")
+    data = datamodule_for(morphzoo.info("lamm-anny-face"), REGISTRY)
+    data.setup("test")
+    meshes = next(iter(data.test_dataloader()))["vertices"][:16]
+    with torch.inference_mode():
+        ratios = model.locality_ratios(meshes)
+    assert ratios.shape == (model.num_regions,)
+    assert (ratios > 1).all(), ratios  # every region: its own vertices move more than the others on average
+    assert ratios.median() > 3, ratios  # "far more": the typical region's vertices move several times as much
