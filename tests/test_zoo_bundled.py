@@ -28,8 +28,8 @@ def no_network(monkeypatch):
 
 def test_the_zoo_bundles_every_method_on_anny_face():
     methods = {REGISTRY.entries[name].class_path for name in BUNDLED if name.endswith("anny-face")}
-    assert {"morphzoo.methods.PCA", "morphzoo.methods.CoMA", "morphzoo.methods.Deep3DMMSpectral",
-            "morphzoo.methods.Neural3DMM", "morphzoo.methods.Deep3DMMSpiral"} <= methods
+    assert {f"morphzoo.methods.{name}" for name in ("PCA", "RegionPCA", "CoMA", "SpiralNetPlusPlus", "Neural3DMM",
+                                                     "Deep3DMMSpectral", "Deep3DMMSpiral", "LAMM")} <= methods
 
 
 @pytest.mark.slow
