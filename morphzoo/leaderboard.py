@@ -55,7 +55,7 @@ def _error_maps(model, data: MeshDataModule) -> dict[str, np.ndarray]:
         metric.update(model(vertices), vertices)
     result = {key: value.cpu().numpy() for key, value in metric.compute().items()}
     index = data.split_indices["test"][int(np.argsort(result["per_mesh"])[len(result["per_mesh"]) // 2])]
-    truth = np.asarray(data.collection.vertices[index])
+    truth = np.array(data.collection.vertices[index])  # a writable copy of the memory-mapped mesh
     result.update(example_index=int(index), example_truth=truth,
                   example_reconstruction=model(torch.from_numpy(truth).to(model.mean)).cpu().numpy())
     return result
