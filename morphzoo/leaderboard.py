@@ -102,7 +102,7 @@ def run_bench(names: Sequence[str] | None = None, out: str | Path = "runs/bench"
         metrics = evaluate_model(model, data, samples=samples, pairs=pairs)
         maps[entry.name] = _error_maps(model, data)
         rows.append({"name": entry.name, "method": entry.method, "dataset": entry.dataset["name"],
-                     "split": entry.dataset["split"], "num_params": sum(p.numel() for p in model.parameters()),
+                     "split": entry.dataset["split"], "num_params": model.num_learned_values(),
                      "test_meshes": len(data.split_indices["test"]), "registry_metrics": entry.metrics,
                      "metrics": metrics, "faces": model.template.faces})
     figures: dict[str, list[str]] = {}
