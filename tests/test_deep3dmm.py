@@ -1,6 +1,7 @@
 """Neural3DMM, Deep3DMM (spectral and spiral) and the learned feature aggregation, on tiny sphere templates."""
 
 import contextlib
+import importlib.util
 import io
 import os
 import subprocess
@@ -343,3 +344,32 @@ def test_anny_face_recipe_trains_one_step(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-5000:]
     assert "val/error_mm" in result.stdout + result.stderr
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_aggregation_drift_is_zero_at_initialisation_and_sees_a_moved_level(tmp_path):
+    drift_rows = _load_benchmark("aggregation_drift").drift_rows
+    torch.manual_seed(3)
+    model = Deep3DMMSpectral(template=sphere_template(3), **SMALL)
+
+    def save(path):
+        torch.save({"state_dict": model.state_dict(),
+                    "hyper_parameters": {**model.hparams, "_class_path": "morphzoo.methods.Deep3DMMSpectral"}}, path)
+        return str(path)
+
+    untouched = drift_rows(save(tmp_path / "initial.ckpt"), seed=3)
+    assert [row[0] for row in untouched] == ["down.0", "down.1", "down.2", "up.0", "up.1", "up.2"]
+    for _, weight, drift, kept in untouched:
+        assert weight == pytest.approx(0.2) and drift == 0 and (kept == 1 or np.isnan(kept))
+    with torch.no_grad():
+        model.down[1].keys.add_(0.5)  # level pair 1's keys are the queries of up.1: both must see it
+    moved = {name: (drift, kept) for name, _, drift, kept in drift_rows(save(tmp_path / "moved.ckpt"), seed=3)}
+    assert moved["down.1"][0] > 0.1 and moved["up.1"][0] > 0.1
+    assert moved["down.0"][0] == 0 and moved["up.2"][0] == 0
+    assert moved["down.1"][1] < 1
