@@ -20,8 +20,8 @@ import argparse
 
 import torch
 
-from morphzoo.checkpoint import import_model_class, init_args_of
 from morphzoo.nn.feature_aggregation import FeatureAggregation
+from morphzoo.zoo.checkpoint import import_model_class, init_args_of
 
 
 @torch.no_grad()

@@ -15,18 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
-from morphzoo.cli import MorphzooCLI
-from morphzoo.main_job import evaluate
+from morphzoo.recipes import instantiate
+from morphzoo.zoo.evaluate import test_error_maps
 
 
 def fit(recipe: str, overrides: list[str], root: Path):
-    cli = MorphzooCLI(args=["-c", recipe, *overrides, f"--trainer.default_root_dir={root}", "--trainer.logger=false",
-                            "--trainer.enable_progress_bar=false"], run=False)
+    cli = instantiate(recipe, [*overrides, f"--trainer.default_root_dir={root}", "--trainer.logger=false",
+                               "--trainer.enable_progress_bar=false"])
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
@@ -45,7 +44,6 @@ def main() -> None:
     parser.add_argument("--manipulation-epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/latent-sizes"))
     args = parser.parse_args()
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
 
@@ -63,7 +61,7 @@ def main() -> None:
             epochs = 1 if "pca" in Path(recipe).stem else args.epochs
             cli, best, seconds = fit(recipe, [f"--data.init_args.size={args.size}", f"--trainer.max_epochs={epochs}",
                                               f"--model.init_args.latent_dim={latent}"], args.out / key)
-            error = evaluate(cli.model, cli.datamodule)
+            error = test_error_maps(cli.model, cli.datamodule)
             save(key, {"method": type(cli.model).__name__, "latent": latent, "epochs": epochs,
                        "parameters": cli.model.num_learned_values(), "train_seconds": round(seconds, 1),
                        "mean_mm": float(error["mean"]), "median_mm": float(error["median"]), "checkpoint": best})

@@ -40,10 +40,11 @@ print(json.dumps({"first": first, "again": sorted(timed() for _ in range(5))[2]}
 def _tiny_registry(folder: Path) -> tuple[str, Path]:
     import trimesh
 
-    from morphzoo import hub, zoo
-    from morphzoo.checkpoint import write_checkpoint
     from morphzoo.mesh.template import Template
     from morphzoo.methods import SpiralNetPlusPlus
+    from morphzoo.zoo import hub
+    from morphzoo.zoo import registry as zoo
+    from morphzoo.zoo.checkpoint import write_checkpoint
 
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.1)
     model = SpiralNetPlusPlus(template=Template(vertices=sphere.vertices, faces=sphere.faces, name="icosphere4"))
@@ -74,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from morphzoo import zoo
+    from morphzoo.zoo import registry as zoo
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -10,14 +10,6 @@ from morphzoo.metrics.vertex_error import VertexError
 
 __all__ = [
     "Compactness", "DisentanglementError", "Diversity", "JiangDisentanglementError", "ManipulationError",
-    "PCAGeneralisation", "Specificity", "VertexError", "evaluate_model", "similarity_procrustes",
+    "PCAGeneralisation", "Specificity", "VertexError", "similarity_procrustes",
 ]
 
-
-def __getattr__(name: str):
-    # evaluate_model needs the data and method packages, which import this one: resolved on first use
-    if name == "evaluate_model":
-        from morphzoo.metrics.evaluate import evaluate_model
-
-        return evaluate_model
-    raise AttributeError(name)

@@ -13,15 +13,15 @@ import pytest
 import torch
 from lightning import Trainer
 
-from morphzoo.cli import MorphzooCLI
 from morphzoo.mesh.sampling import mesh_hierarchy
 from morphzoo.methods import CoMA, Deep3DMMSpectral, Deep3DMMSpiral, Neural3DMM
 from morphzoo.methods.deep3dmm import SETTINGS
 from morphzoo.nn import Downsample, FeatureAggregation, SparseMapping, Upsample
 from morphzoo.nn.feature_aggregation import rows_matmul, vertex_embeddings
+from morphzoo.recipes import MorphzooCLI
 from tests.synthetic import SphereDataModule, sphere_collection, sphere_template
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Three levels on the 642-vertex icosphere (642 / 161 / 41 / 11): a fourth would leave 3 vertices.
 SMALL = {"sampling_factors": (4, 4, 4), "encoder_channels": (8, 8, 16), "decoder_channels": (16, 8, 8, 8)}
 SPIRAL = {"spiral_rings": (1, 1, 1), "spiral_dilation": (1, 1, 1)}

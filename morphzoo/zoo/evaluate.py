@@ -87,6 +87,23 @@ def _generate(model: MorphableModel, train: MeshSubset, count: int, seed: int, b
                       for start in range(0, count, batch_size)])
 
 
+@torch.no_grad()
+def test_error_maps(model, data: MeshDataModule) -> dict[str, np.ndarray]:
+    """The test split's :class:`VertexError` (mean, std, median, per-mesh and per-vertex errors, cumulative curve)
+    and the median-error test mesh with its reconstruction: what error maps and reports show."""
+    model.eval()
+    metric = VertexError()
+    for batch in data.test_dataloader():
+        vertices = batch["vertices"].to(model.mean)
+        metric.update(model(vertices), vertices)
+    result = {key: value.cpu().numpy() for key, value in metric.compute().items()}
+    index = data.split_indices["test"][int(np.argsort(result["per_mesh"])[len(result["per_mesh"]) // 2])]
+    truth = np.array(data.collection.vertices[index])  # a writable copy of the memory-mapped mesh
+    result.update(example_index=int(index), example_truth=truth,
+                  example_reconstruction=model(torch.from_numpy(truth).to(model.mean)).cpu().numpy())
+    return result
+
+
 DATA_DIVERSITY_MESHES = 4000
 
 

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-from morphzoo import hub, zoo
-from morphzoo.checkpoint import write_checkpoint
-from morphzoo.leaderboard import datamodule_for
 from morphzoo.metrics.vertex_error import VertexError
-from tests.test_checkpoint import tiny_spiralnet
-from tests.test_registry import cli, registry_entry, write_registry_file
+from morphzoo.zoo import hub
+from morphzoo.zoo import registry as zoo
+from morphzoo.zoo.bench import datamodule_for
+from morphzoo.zoo.checkpoint import write_checkpoint
+from tests.zoo.test_checkpoint import tiny_spiralnet
+from tests.zoo.test_registry import cli, registry_entry, write_registry_file
 
 
 def test_bench_writes_the_leaderboard_with_the_models_numbers(tmp_path, capsys):

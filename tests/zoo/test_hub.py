@@ -15,10 +15,11 @@ import pytest
 import torch
 import yaml
 
-from morphzoo import hub, zoo
-from morphzoo.checkpoint import write_checkpoint
-from tests.test_checkpoint import tiny_spiralnet
-from tests.test_registry import registry_entry, write_registry_file
+from morphzoo.zoo import hub
+from morphzoo.zoo import registry as zoo
+from morphzoo.zoo.checkpoint import write_checkpoint
+from tests.zoo.test_checkpoint import tiny_spiralnet
+from tests.zoo.test_registry import registry_entry, write_registry_file
 
 REPO = "morphzoo-test/spiralnet-tiny-spheres"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -241,7 +242,7 @@ def test_unregistered_repositories_are_checked_against_content_hashes(fake_hub, 
 
 
 def test_verify_rehashes_the_cache_and_removes_bad_files(registry, fake_hub, tmp_path):
-    from morphzoo.zoo_cli import verify_entries
+    from morphzoo.zoo.registry import verify_entries
 
     load(registry, fake_hub)
     blob = cached_blob(tmp_path)

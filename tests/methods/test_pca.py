@@ -10,11 +10,11 @@ import torch
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from morphzoo.cli import MorphzooCLI
 from morphzoo.methods import PCA, RegionPCA
+from morphzoo.recipes import MorphzooCLI
 from tests.synthetic import SphereDataModule, sphere_collection, sphere_template
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RANK = 8
 
 

@@ -15,7 +15,7 @@ from morphzoo.loggers import wandb_logged_in
 from morphzoo.methods import SpiralNetPlusPlus
 from tests.synthetic import SphereDataModule, bu3dfe_like, sphere_collection
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SPHERE_RECIPE = {
     "seed_everything": 0,

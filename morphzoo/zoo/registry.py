@@ -10,11 +10,12 @@ checksums, pinned revisions and per-entry licences.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,20 @@ from typing import Any
 import torch
 import yaml
 
-from morphzoo.hub import COMMIT, SHA256, ChecksumError, FileRecord, check_file, fetch_unregistered, fetch_verified
+from morphzoo.recipes import parse
+from morphzoo.resources import REGISTRY_NAME, resource_root
+from morphzoo.zoo.checkpoint import CheckpointError, import_model_class, load_checkpoint, read_config
+from morphzoo.zoo.hub import (
+    COMMIT,
+    SHA256,
+    ChecksumError,
+    FileRecord,
+    check_file,
+    fetch_unregistered,
+    fetch_verified,
+    hub_cache_dir,
+)
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-REGISTRY_NAME = "checkpoints.yaml"
 NAME = re.compile(r"[a-z0-9]+(?:[-.][a-z0-9]+)+")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 STATUSES = ("available", "not-built", "not-published")
@@ -103,7 +114,8 @@ class Registry:
     def get(self, name: str) -> Entry:
         key = self.aliases.get(name, name)
         if key not in self.entries:
-            close = fnmatch.filter(self.entries, f"*{name}*")
+            known = [*self.entries, *self.aliases]
+            close = fnmatch.filter(known, f"*{name}*") or difflib.get_close_matches(name, known, n=5, cutoff=0.5)
             raise RegistryError(f"no checkpoint named {name!r} in {self.path}"
                                 + (f"; did you mean {', '.join(close)}?" if close else
                                    f"; known: {', '.join(self.entries)}"))
@@ -202,8 +214,6 @@ def _check_entry(entry: Any, root: Path, check_imports: bool) -> list[str]:
     if not (isinstance(aliases, list) and all(isinstance(a, str) and a for a in aliases)):
         problems.append(f"{where}: aliases must be a list of names")
     if check_imports:
-        from morphzoo.checkpoint import CheckpointError, import_model_class
-
         try:
             import_model_class(entry["class_path"], where)
         except CheckpointError as error:
@@ -229,8 +239,8 @@ def validate(raw: Any, root: Path, check_imports: bool = True) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------ loading
 def registry_path(path: str | Path | None = None) -> Path:
-    """``path``, else ``$MORPHZOO_REGISTRY``, else the repository's ``checkpoints.yaml``."""
-    return Path(path or os.environ.get("MORPHZOO_REGISTRY") or REPOSITORY_ROOT / REGISTRY_NAME).resolve()
+    """``path``, else ``$MORPHZOO_REGISTRY``, else the shipped ``checkpoints.yaml`` (:mod:`morphzoo.resources`)."""
+    return Path(path or os.environ.get("MORPHZOO_REGISTRY") or resource_root() / REGISTRY_NAME).resolve()
 
 
 def _entry(raw: Mapping[str, Any]) -> Entry:
@@ -276,8 +286,7 @@ def unavailable_message(entry: Entry, registry: Registry) -> str:
     if entry.status == "not-built":
         return (f"{entry.name} is bundled with morphzoo but not built yet. Build it (trains {entry.recipe}, exports "
                 f"into zoo/{entry.name}/ and records its hashes):\n  morphzoo zoo build {entry.name}")
-    recipe = yaml.safe_load((registry.root / entry.recipe).read_text())
-    root = recipe.get("data", {}).get("init_args", {}).get("root", "/path/to/data")
+    root = parse(registry.root / entry.recipe).data.init_args.get("root") or "/path/to/data"
     return (f"{entry.name} is not published: {entry.dataset['name']} is licensed data "
             f"({entry.licence['data']}), so no weights are distributed. Obtain the data from its owners, then train "
             f"and register the result locally:\n"
@@ -307,6 +316,35 @@ def entry_folder(entry: Entry, registry: Registry, endpoint: str | None = None,
     return paths[0].parent
 
 
+def verify_entries(registry: Registry, names: Sequence[str], endpoint: str | None = None,
+                   cache_dir: str | Path | None = None) -> list[str]:
+    """Re-hash (ignoring the verified-results cache) every present file of ``names``; remove bad cached Hub files.
+
+    Returns one line per bad file. Files not downloaded yet are skipped; bundled files are reported, never removed.
+    """
+    problems = []
+    for entry in (registry.get(name) for name in names):
+        if entry.weights is None:
+            continue
+        for filename, record in entry.weights.files.items():
+            if entry.weights.bundled:
+                path = registry.root / entry.weights.bundled / filename
+            else:
+                path = (hub_cache_dir(cache_dir) / f"models--{entry.weights.repo_id.replace('/', '--')}"
+                        / "snapshots" / entry.weights.revision / filename)
+                if not path.exists():
+                    continue
+            problem = check_file(path, record, use_cache=False)
+            if problem is None:
+                continue
+            if not entry.weights.bundled:
+                path.resolve().unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                problem += " (removed; `morphzoo download` fetches it again)"
+            problems.append(f"{entry.name}: {problem}")
+    return problems
+
+
 def load(name: str | Path, device: str | torch.device | None = None, *, registry: str | Path | None = None,
          endpoint: str | None = None, cache_dir: str | Path | None = None):
     """A ready :class:`~morphzoo.methods.base.MorphableModel` in inference mode, working on raw meshes in metres.
@@ -318,8 +356,6 @@ def load(name: str | Path, device: str | torch.device | None = None, *, registry
         device: where to put the model (default: CPU).
         registry, endpoint, cache_dir: override ``checkpoints.yaml``, the Hub endpoint and the Hub cache.
     """
-    from morphzoo.checkpoint import CheckpointError, load_checkpoint, read_config
-
     text = str(name)
     if Path(text).is_dir():
         return load_checkpoint(text, device)

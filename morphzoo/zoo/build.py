@@ -8,7 +8,7 @@ Steps, all recorded in the entry so anyone can rebuild it:
    box, as :meth:`~morphzoo.methods.base.MorphableModel.fit_latent_distribution` describes);
 3. export it in float16 and load that export back: the evaluated model is exactly the shipped one (loading
    switches it to its inference form, e.g. Deep3DMM's materialised sampling);
-4. evaluate it once on the test split with :func:`morphzoo.metrics.evaluate.evaluate_model`;
+4. evaluate it once on the test split with :func:`morphzoo.zoo.evaluate.evaluate_model`;
 5. move the folder into ``zoo/<NAME>/`` atomically (a complete old copy stays until the new one is in place) and write
    sha256, size, metrics, parameter count and provenance (morphzoo version, git commit, seed, epochs, wall time) into
    the entry of ``checkpoints.yaml``, atomically.
@@ -25,12 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
 import morphzoo
-from morphzoo.checkpoint import count_parameters, load_checkpoint, update_config, write_checkpoint
-from morphzoo.hub import describe_file
-from morphzoo.zoo import RegistryError, load_registry, update_entry
+from morphzoo.recipes import instantiate, parse
+from morphzoo.zoo.checkpoint import count_parameters, load_checkpoint, update_config, write_checkpoint
+from morphzoo.zoo.evaluate import evaluate_model
+from morphzoo.zoo.hub import describe_file
+from morphzoo.zoo.registry import RegistryError, load_registry, update_entry
 
 
 def git_commit(root: Path) -> str:
@@ -60,9 +61,6 @@ def build_entry(name: str, registry: str | Path | None = None, samples: int = 10
     overrides (e.g. the second stage of a two-stage method, whose recipe starts from the first stage's checkpoint).
     The provenance names it.
     """
-    from morphzoo.cli import MorphzooCLI
-    from morphzoo.metrics.evaluate import evaluate_model
-
     registry_ = load_registry(registry, check_imports=True)
     entry = registry_.get(name)
     if not entry.build:
@@ -75,11 +73,12 @@ def build_entry(name: str, registry: str | Path | None = None, samples: int = 10
     work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.build.", dir=zoo_dir))
     try:
         seed = entry.build["seed"]
-        recipe_epochs = yaml.safe_load((registry_.root / entry.recipe).read_text()).get("trainer", {}).get("max_epochs")
+        recipe = registry_.root / entry.recipe
+        recipe_epochs = parse(recipe).trainer.max_epochs
         overrides = [*entry.build.get("overrides", []), *extra_overrides]
-        cli = MorphzooCLI(args=["-c", str(registry_.root / entry.recipe), f"--seed_everything={seed}", *overrides,
-                                f"--trainer.default_root_dir={work / 'run'}", "--trainer.logger=false",
-                                "--trainer.enable_progress_bar=false"], run=False)
+        cli = instantiate(recipe, [f"--seed_everything={seed}", *overrides,
+                                   f"--trainer.default_root_dir={work / 'run'}", "--trainer.logger=false",
+                                   "--trainer.enable_progress_bar=false"])
         if from_checkpoint is None:
             start = time.perf_counter()
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from morphzoo.checkpoint import (
+from morphzoo.methods import CoMA, SpiralNetPlusPlus
+from morphzoo.zoo.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     CheckpointError,
@@ -14,7 +15,6 @@ from morphzoo.checkpoint import (
     load_checkpoint,
     write_checkpoint,
 )
-from morphzoo.methods import CoMA, SpiralNetPlusPlus
 from tests.synthetic import sphere_collection, sphere_template
 
 

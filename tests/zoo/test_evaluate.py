@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from morphzoo.methods import SpiralNetPlusPlus
-from morphzoo.metrics import VertexError, evaluate_model
+from morphzoo.metrics import VertexError
+from morphzoo.zoo import evaluate_model
 from tests.synthetic import SphereDataModule
 
 

@@ -3,7 +3,7 @@
 ``list [pattern] [--pretrained]``, ``info NAME``, ``download NAME...|--all``, ``verify [NAME...]``,
 ``export CKPT OUT_DIR``, ``push FOLDER REPO_ID``, ``zoo build NAME...``, ``zoo table [--check]`` and
 ``bench [NAME...] [--out DIR]``. Every command takes ``--registry`` (default ``$MORPHZOO_REGISTRY`` or the repository's
-``checkpoints.yaml``); the Hub commands take ``--endpoint`` and ``--cache-dir``.
+``checkpoints.yaml`` shipped with morphzoo); the Hub commands take ``--endpoint`` and ``--cache-dir``.
 """
 
 from __future__ import annotations
@@ -11,22 +11,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from morphzoo import hub
-from morphzoo.zoo import (
+from morphzoo.zoo import hub
+from morphzoo.zoo.bench import run_bench
+from morphzoo.zoo.build import build_entry
+from morphzoo.zoo.checkpoint import export_lightning_checkpoint
+from morphzoo.zoo.registry import (
     Entry,
     NotAvailableError,
-    Registry,
     RegistryError,
     entry_folder,
     list_models,
     load_registry,
     registry_path,
     sync_readme,
+    verify_entries,
 )
 
 COMMANDS = ("list", "info", "download", "verify", "export", "push", "zoo", "bench")
@@ -90,35 +92,6 @@ def _entry_dict(entry: Entry) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(entry), default=list))
 
 
-def verify_entries(registry: Registry, names: Sequence[str], endpoint: str | None = None,
-                   cache_dir: str | Path | None = None) -> list[str]:
-    """Re-hash (ignoring the verified-results cache) every present file of ``names``; remove bad cached Hub files.
-
-    Returns one line per bad file. Files not downloaded yet are skipped; bundled files are reported, never removed.
-    """
-    problems = []
-    for entry in (registry.get(name) for name in names):
-        if entry.weights is None:
-            continue
-        for filename, record in entry.weights.files.items():
-            if entry.weights.bundled:
-                path = registry.root / entry.weights.bundled / filename
-            else:
-                path = (hub.hub_cache_dir(cache_dir) / f"models--{entry.weights.repo_id.replace('/', '--')}"
-                        / "snapshots" / entry.weights.revision / filename)
-                if not path.exists():
-                    continue
-            problem = hub.check_file(path, record, use_cache=False)
-            if problem is None:
-                continue
-            if not entry.weights.bundled:
-                path.resolve().unlink(missing_ok=True)
-                path.unlink(missing_ok=True)
-                problem += " (removed; `morphzoo download` fetches it again)"
-            problems.append(f"{entry.name}: {problem}")
-    return problems
-
-
 def registry_block(folder: Path, name: str, extra: dict) -> str:
     """The YAML block to paste into checkpoints.yaml for an exported folder."""
     config = json.loads((folder / "config.json").read_text())
@@ -130,8 +103,6 @@ def registry_block(folder: Path, name: str, extra: dict) -> str:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from morphzoo.checkpoint import export_lightning_checkpoint
-
     name = args.name or Path(args.out_dir).name
     dataset = {"name": args.dataset, "split": args.split} if args.dataset else None
     extra = {"name": name, "dataset": dataset, "recipe": args.recipe}
@@ -185,8 +156,6 @@ def _run(args: argparse.Namespace) -> None:
         print(f"pushed {args.folder} to {args.repo_id} at commit {commit}. Registry block:\n")
         print(registry_block(Path(args.folder), name, {"where": {"repo_id": args.repo_id, "revision": commit}}))
     elif args.command == "zoo" and args.zoo_command == "build":
-        from morphzoo.build import build_entry
-
         if args.from_checkpoint and len(args.names) != 1:
             raise SystemExit("morphzoo zoo build: --from-checkpoint registers one checkpoint: give exactly one NAME")
         for name in args.names:
@@ -202,8 +171,6 @@ def _run(args: argparse.Namespace) -> None:
             raise SystemExit(1)
         print(f"{readme}: zoo table " + ("updated" if stale else "up to date"))
     elif args.command == "bench":
-        from morphzoo.leaderboard import run_bench
-
         results = run_bench(args.names or None, args.out, args.registry, args.samples, args.pairs, args.endpoint,
                             args.cache_dir)
         print(f"evaluated {len(results['models'])} checkpoint(s); leaderboard in {Path(args.out) / 'leaderboard.md'}")

@@ -10,60 +10,40 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from morphzoo.metrics.evaluate import evaluate_model
-from morphzoo.metrics.vertex_error import VertexError
-from morphzoo.viz.render import plot_cumulative_error, render_error_map
+from morphzoo.data.synth.face import load_anny_face
+from morphzoo.recipes import instantiate
+from morphzoo.zoo.evaluate import evaluate_model, test_error_maps
+from morphzoo.zoo.figures import plot_cumulative_error, render_error_map
 
-DEFAULT_RECIPES = ("recipes/spiralnet.yaml", "recipes/coma.yaml")
+DEFAULT_RECIPES = ("spiralnet", "coma")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES), help="recipes to train and compare")
+    parser.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES),
+                        help="recipes (names or files) to train and compare")
     parser.add_argument("--minutes-per-model", type=float, default=6.0, help="training wall-clock budget per model")
     parser.add_argument("--size", default="small", help="anny-face preset: tiny, small or full")
     parser.add_argument("--out", type=Path, default=Path("runs/main-job"), help="where the runs and report go")
 
 
-def evaluate(model, datamodule) -> dict[str, np.ndarray]:
-    """Test-split VertexError of ``model`` plus the example data the report needs."""
-    metric = VertexError()
-    model.eval()
-    with torch.inference_mode():
-        for batch in datamodule.test_dataloader():
-            metric.update(model(batch["vertices"]), batch["vertices"])
-    result = {key: value.numpy() for key, value in metric.compute().items()}
-    test_index = datamodule.split_indices["test"]
-    example = test_index[int(np.argsort(result["per_mesh"])[len(test_index) // 2])]  # the median-error test mesh
-    truth = np.asarray(datamodule.collection.vertices[example])
-    with torch.inference_mode():
-        reconstruction = model(torch.from_numpy(truth)).numpy()
-    result.update(example_index=example, example_truth=truth, example_reconstruction=reconstruction)
-    return result
-
-
 def train_and_evaluate(recipe: str, args: argparse.Namespace) -> dict:
-    from morphzoo.cli import MorphzooCLI
-
     name = Path(recipe).stem
     budget = f"00:00:{int(args.minutes_per_model):02d}:{int(args.minutes_per_model % 1 * 60):02d}"
-    cli = MorphzooCLI(
-        args=["-c", recipe, f"--data.init_args.size={args.size}", f"--trainer.max_time={budget}",
-              f"--trainer.default_root_dir={args.out / name}", "--trainer.logger.init_args.save_dir",
-              str(args.out), "--trainer.logger.init_args.name", name, "--trainer.enable_progress_bar=false"],
-        run=False,
-    )
+    cli = instantiate(recipe, [f"--data.init_args.size={args.size}", f"--trainer.max_time={budget}",
+                               f"--trainer.default_root_dir={args.out / name}", "--trainer.logger.init_args.save_dir",
+                               str(args.out), "--trainer.logger.init_args.name", name,
+                               "--trainer.enable_progress_bar=false"])
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     train_seconds = time.perf_counter() - start
     best = cli.trainer.checkpoint_callback.best_model_path
     cli.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    result = evaluate(cli.model, cli.datamodule)
+    result = test_error_maps(cli.model, cli.datamodule)
     result["metrics"] = evaluate_model(cli.model, cli.datamodule)
     result.update(
         name=name,
@@ -130,11 +110,6 @@ def write_report(results: list[dict], out: Path, size: str, total_seconds: float
 
 def run_main_job(args: argparse.Namespace) -> Path:
     start = time.perf_counter()
-    # The job drives LightningCLI from Python on purpose; keep the console readable.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=DeprecationWarning)
-    from morphzoo.data.synth.face import load_anny_face
-
     print(f"[main-job] generating (or loading) anny-face '{args.size}' ...", flush=True)
     collection = load_anny_face(args.size)
     print(f"[main-job] {len(collection)} meshes of {collection.template.num_vertices} vertices "

@@ -8,9 +8,9 @@ import torch
 
 import morphzoo
 from morphzoo.data.anny import ANNY_DATASETS
-from morphzoo.leaderboard import datamodule_for
 from morphzoo.metrics.vertex_error import VertexError
-from morphzoo.zoo import load_registry
+from morphzoo.zoo.bench import datamodule_for
+from morphzoo.zoo.registry import load_registry
 
 REGISTRY = load_registry()
 BUNDLED = sorted(entry.name for entry in REGISTRY.entries.values()

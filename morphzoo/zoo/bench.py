@@ -2,25 +2,24 @@
 
 For every checkpoint with weights: load it through :func:`morphzoo.zoo.load` (verified), rebuild the DataModule of its
 recipe with the entry's recorded ``--data.*`` overrides, and evaluate it on its test split with
-:func:`morphzoo.metrics.evaluate.evaluate_model` (every metric that applies). Writes ``results.json`` (all numbers),
+:func:`morphzoo.zoo.evaluate.evaluate_model` (every metric that applies). Writes ``results.json`` (all numbers),
 ``leaderboard.md`` (one table per dataset) and figures: a cumulative per-vertex error curve per dataset and, per
 model, an error heat-map of its median-error test mesh next to the mean error over the test split.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-import yaml
 
 from morphzoo.data.base import MeshDataModule
-from morphzoo.metrics.vertex_error import VertexError
-from morphzoo.zoo import Entry, Registry, RegistryError, load, load_registry
+from morphzoo.recipes import build_datamodule
+from morphzoo.zoo.evaluate import evaluate_model, test_error_maps
+from morphzoo.zoo.figures import plot_cumulative_error, render_error_map
+from morphzoo.zoo.registry import Entry, Registry, RegistryError, load, load_registry
 
 COLUMNS = (("reconstruction/mean_mm", "error mean (mm)"), ("reconstruction/median_mm", "median (mm)"),
            ("reconstruction_aligned/mean_mm", "aligned (mm)"), ("generation/specificity_mm", "specificity (mm)"),
@@ -28,42 +27,13 @@ COLUMNS = (("reconstruction/mean_mm", "error mean (mm)"), ("reconstruction/media
 
 
 def datamodule_for(entry: Entry, registry: Registry) -> MeshDataModule:
-    """The DataModule of ``entry``'s recipe with its recorded ``--data.init_args.KEY=VALUE`` overrides."""
-    recipe = yaml.safe_load((registry.root / entry.recipe).read_text())
-    data = recipe.get("data") or {}
-    init_args = dict(data.get("init_args") or {})
-    for override in entry.data_overrides():
-        key, separator, value = override.removeprefix("--data.init_args.").partition("=")
-        if not separator or key.startswith("--"):
-            raise RegistryError(f"{entry.name}: bench understands data overrides of the form "
-                                f"--data.init_args.KEY=VALUE, got {override!r}")
-        init_args[key] = yaml.safe_load(value)
-    module_name, _, class_name = str(data.get("class_path", "")).rpartition(".")
-    try:
-        data_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise RegistryError(f"{entry.recipe}: data.class_path cannot be imported ({error})") from None
-    return data_class(**init_args)
-
-
-@torch.no_grad()
-def _error_maps(model, data: MeshDataModule) -> dict[str, np.ndarray]:
-    """Per-vertex and per-mesh test errors, the cumulative curve, and the median-error test mesh."""
-    metric = VertexError()
-    for batch in data.test_dataloader():
-        vertices = batch["vertices"].to(model.mean)
-        metric.update(model(vertices), vertices)
-    result = {key: value.cpu().numpy() for key, value in metric.compute().items()}
-    index = data.split_indices["test"][int(np.argsort(result["per_mesh"])[len(result["per_mesh"]) // 2])]
-    truth = np.array(data.collection.vertices[index])  # a writable copy of the memory-mapped mesh
-    result.update(example_index=int(index), example_truth=truth,
-                  example_reconstruction=model(torch.from_numpy(truth).to(model.mean)).cpu().numpy())
-    return result
+    """The DataModule of ``entry``'s recipe with the ``--data.*`` overrides its build recorded."""
+    return build_datamodule(registry.root / entry.recipe, entry.data_overrides())
 
 
 def _write_markdown(rows: list[dict], skipped: dict[str, str], figures: dict[str, list[str]], path: Path) -> None:
     lines = ["# morphzoo leaderboard", "", "Every loadable checkpoint of `checkpoints.yaml`, evaluated once on its "
-             "test split with `morphzoo.metrics.evaluate_model` (`morphzoo bench`). Errors in mm.", ""]
+             "test split with `morphzoo.zoo.evaluate_model` (`morphzoo bench`). Errors in mm.", ""]
     for dataset in sorted({row["dataset"] for row in rows}):
         group = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["metrics"].get(COLUMNS[0][0]))
         lines += [f"## {dataset} ({group[0]['split']})", "",
@@ -82,9 +52,6 @@ def run_bench(names: Sequence[str] | None = None, out: str | Path = "runs/bench"
               samples: int = 1000, pairs: int = 10_000, endpoint: str | None = None,
               cache_dir: str | Path | None = None) -> dict:
     """Evaluate ``names`` (default: every checkpoint with weights) and write the leaderboard into ``out``."""
-    from morphzoo.metrics.evaluate import evaluate_model
-    from morphzoo.viz.render import plot_cumulative_error, render_error_map
-
     registry_ = load_registry(registry)
     entries = [registry_.get(name) for name in names] if names else list(registry_.entries.values())
     out = Path(out)
@@ -100,7 +67,7 @@ def run_bench(names: Sequence[str] | None = None, out: str | Path = "runs/bench"
             raise RegistryError(f"{entry.name}: the DataModule of {entry.recipe} (with {entry.data_overrides()}) has "
                                 "another template than the checkpoint; fix the entry's build overrides")
         metrics = evaluate_model(model, data, samples=samples, pairs=pairs)
-        maps[entry.name] = _error_maps(model, data)
+        maps[entry.name] = test_error_maps(model, data)
         rows.append({"name": entry.name, "method": entry.method, "dataset": entry.dataset["name"],
                      "split": entry.dataset["split"], "num_params": model.num_learned_values(),
                      "test_meshes": len(data.split_indices["test"]), "registry_metrics": entry.metrics,

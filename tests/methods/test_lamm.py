@@ -8,15 +8,15 @@ import pytest
 import torch
 from lightning import Trainer
 
-from morphzoo.cli import MorphzooCLI
 from morphzoo.mesh.regions import cluster_regions, control_vertices, load_regions, merge_regions
 from morphzoo.mesh.template import Template
 from morphzoo.methods import LAMM
 from morphzoo.methods.lamm import ControlBranch
 from morphzoo.nn import MixerBlock, TokenBackbone, TransformerBlock
+from morphzoo.recipes import MorphzooCLI
 from tests.synthetic import SphereDataModule, sphere_collection, sphere_template
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {"dim": 32, "encoder_layers": 2, "decoder_layers": 2, "heads": 4, "latent_dim": 16, "regions": "cluster",
         "num_regions": 6, "control_vertices": 4}
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
-from morphzoo import hub, zoo
-from morphzoo.checkpoint import write_checkpoint
+from morphzoo.zoo import hub
+from morphzoo.zoo import registry as zoo
+from morphzoo.zoo.checkpoint import write_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SPHERE_RECIPE = {
     "seed_everything": 0,
@@ -126,7 +127,7 @@ def test_bundled_weights_must_live_in_zoo_slash_name(tmp_path):
 @pytest.fixture(scope="module")
 def bundled(tmp_path_factory):
     """A registry with one bundled tiny checkpoint, one not-built and one not-published entry."""
-    from tests.test_checkpoint import tiny_spiralnet
+    from tests.zoo.test_checkpoint import tiny_spiralnet
 
     root = tmp_path_factory.mktemp("bundled")
     model = tiny_spiralnet()

@@ -1,0 +1,111 @@
+"""Recipes: a LightningCLI config plus overrides, turned into (model, datamodule, trainer). The one path that
+``morphzoo fit``, the main job, ``morphzoo zoo build`` and ``morphzoo bench`` all take.
+
+A recipe is a LightningCLI YAML config (``recipes/NAME.yaml``); overrides use LightningCLI's own syntax
+(``--data.init_args.size=tiny``, ``--trainer.max_epochs=4``, further ``-c overlay.yaml``). :class:`MorphzooCLI` is
+LightningCLI in subclass mode (``model`` is any :class:`MorphableModel`, ``data`` any :class:`MeshDataModule`) that
+links what the data determines into the model and finds recipes by name (:func:`morphzoo.resources.find_recipe`), so
+``-c spiralnet`` works from any working directory and from an installed wheel.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
+
+from morphzoo.data.base import MeshDataModule
+from morphzoo.methods.base import MorphableModel
+from morphzoo.resources import find_recipe
+
+CONFIG_FLAGS = ("-c", "--config")
+
+
+class _DropTips(logging.Filter):
+    """Lightning's advertising tips (``💡 Tip: ... try installing litlogger``) are not something a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_third_party_output() -> None:
+    """Silence what a morphzoo user cannot act on: Lightning's tips, and warnings about how Lightning calls its own
+    dependencies or how morphzoo drives LightningCLI from Python."""
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    for target in (lightning_logger, *lightning_logger.handlers):
+        if not any(isinstance(f, _DropTips) for f in target.filters):
+            target.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
+
+
+def resolve_config_paths(args: Sequence[str]) -> list[str]:
+    """``args`` with every ``-c`` / ``--config`` value replaced by the recipe file it names (see ``find_recipe``)."""
+    resolved, args = [], list(args)
+    for i, arg in enumerate(args):
+        flag, equals, value = arg.partition("=")
+        if equals and flag in CONFIG_FLAGS:
+            resolved.append(f"{flag}={find_recipe(value)}")
+        elif i > 0 and args[i - 1] in CONFIG_FLAGS:
+            resolved.append(str(find_recipe(arg)))
+        else:
+            resolved.append(arg)
+    return resolved
+
+
+class MorphzooCLI(LightningCLI):
+    """LightningCLI in subclass mode: ``model`` is any :class:`MorphableModel`, ``data`` any :class:`MeshDataModule`.
+
+    The values the data determines (template with its vertex count, and the training split's mean/std) are linked
+    from the instantiated DataModule into the model, so recipes never repeat them. ``-c`` takes a recipe file or the
+    name of a shipped recipe.
+    """
+
+    def __init__(self, args: Sequence[str], run: bool = True, **kwargs) -> None:
+        quiet_third_party_output()
+        super().__init__(
+            MorphableModel,
+            MeshDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=resolve_config_paths(args),
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in ("template", "mean", "std"):
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+
+class _ParsedRecipe(MorphzooCLI):
+    """A recipe parsed and validated, nothing instantiated (:func:`parse`)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def recipe_arguments(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> list[str]:
+    """LightningCLI arguments for ``recipes`` (a name or file, or several, later ones overlaying) plus overrides."""
+    recipes = [recipes] if isinstance(recipes, (str, Path)) else list(recipes)
+    return [*(arg for recipe in recipes for arg in ("-c", str(find_recipe(recipe)))), *overrides]
+
+
+def instantiate(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> MorphzooCLI:
+    """Build a recipe's ``model``, ``datamodule`` and ``trainer`` (attributes of the returned CLI), not run yet."""
+    return MorphzooCLI(args=recipe_arguments(recipes, overrides), run=False)
+
+
+def parse(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> Namespace:
+    """The merged, validated config of a recipe plus overrides (``config.trainer.max_epochs``, ...); builds nothing."""
+    return _ParsedRecipe(args=recipe_arguments(recipes, overrides), run=False).config
+
+
+def build_datamodule(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> MeshDataModule:
+    """Only the DataModule of a recipe plus overrides (what evaluating a checkpoint needs)."""
+    return instantiate_class((), parse(recipes, overrides).data.as_dict())
