@@ -27,8 +27,8 @@ COLUMNS = (("reconstruction/mean_mm", "error mean (mm)"), ("reconstruction/media
 
 
 def datamodule_for(entry: Entry, registry: Registry) -> MeshDataModule:
-    """The DataModule of ``entry``'s recipe with the ``--data.*`` overrides its build recorded."""
-    return build_datamodule(registry.root / entry.recipe, entry.data_overrides())
+    """The DataModule of ``entry``'s recipe with the overrides its build recorded."""
+    return build_datamodule(registry.root / entry.recipe, entry.overrides)
 
 
 def _write_markdown(rows: list[dict], skipped: dict[str, str], figures: dict[str, list[str]], path: Path) -> None:
@@ -64,7 +64,7 @@ def run_bench(names: Sequence[str] | None = None, out: str | Path = "runs/bench"
         model = load(entry.name, registry=registry_.path, endpoint=endpoint, cache_dir=cache_dir)
         data = datamodule_for(entry, registry_)
         if data.template.fingerprint() != model.template.fingerprint():
-            raise RegistryError(f"{entry.name}: the DataModule of {entry.recipe} (with {entry.data_overrides()}) has "
+            raise RegistryError(f"{entry.name}: the DataModule of {entry.recipe} (with {entry.overrides}) has "
                                 "another template than the checkpoint; fix the entry's build overrides")
         metrics = evaluate_model(model, data, samples=samples, pairs=pairs)
         maps[entry.name] = test_error_maps(model, data)

@@ -95,9 +95,11 @@ class Entry:
     def method(self) -> str:
         return self.class_path.rpartition(".")[2]
 
-    def data_overrides(self) -> list[str]:
-        """The recorded ``--data.*`` overrides of the build (the bench rebuilds the same DataModule)."""
-        return [arg for arg in self.build.get("overrides", []) if arg.startswith("--data.")]
+    @property
+    def overrides(self) -> list[str]:
+        """The recorded ``morphzoo fit`` overrides of the build (LightningCLI syntax; the bench rebuilds the same
+        DataModule from them)."""
+        return list(self.build.get("overrides", []))
 
 
 @dataclass(frozen=True)

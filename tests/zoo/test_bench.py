@@ -51,9 +51,16 @@ def test_bench_writes_the_leaderboard_with_the_models_numbers(tmp_path, capsys):
         assert (out / figure).stat().st_size > 1000 and f"({figure})" in markdown
 
 
-def test_bench_data_overrides_must_be_key_value(tmp_path):
+def test_bench_reads_overrides_in_lightningclis_syntax(tmp_path):
     path = write_registry_file(tmp_path, [registry_entry("spiralnet-tiny-spheres", build={
-        "seed": 0, "overrides": ["--data.init_args.frames", "20"]})])
+        "seed": 0, "overrides": ["--data.init_args.frames", "12", "--trainer.max_epochs=1"]})])
     registry = zoo.load_registry(path)
-    with pytest.raises(zoo.RegistryError, match="--data.init_args.KEY=VALUE"):
+    assert datamodule_for(registry.get("spiralnet-tiny-spheres"), registry).sizes == (2, 2, 12)
+
+
+def test_bench_names_a_malformed_override(tmp_path):
+    path = write_registry_file(tmp_path, [registry_entry("spiralnet-tiny-spheres", build={
+        "seed": 0, "overrides": ["--data.init_args.no_such_argument=3"]})])
+    registry = zoo.load_registry(path)
+    with pytest.raises(SystemExit):  # LightningCLI's own error, which names the argument, on stderr
         datamodule_for(registry.get("spiralnet-tiny-spheres"), registry)
