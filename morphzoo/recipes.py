@@ -40,7 +40,7 @@ def quiet_third_party_output() -> None:
         if not any(isinstance(f, _DropTips) for f in target.filters):
             target.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")  # Lightning calling torch, a FutureWarning
 
 
 def resolve_config_paths(args: Sequence[str]) -> list[str]:
