@@ -102,8 +102,9 @@ def instantiate(recipes: str | Path | Sequence[str | Path], overrides: Sequence[
 
 
 def parse(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> Namespace:
-    """The merged, validated config of a recipe plus overrides (``config.trainer.max_epochs``, ...); builds nothing."""
-    return _ParsedRecipe(args=recipe_arguments(recipes, overrides), run=False).config
+    """The merged, validated config of a recipe plus overrides (``config.trainer.max_epochs``, ...); builds nothing
+    and seeds nothing (its ``seed_everything`` reads false)."""
+    return _ParsedRecipe(args=[*recipe_arguments(recipes, overrides), "--seed_everything=false"], run=False).config
 
 
 def build_datamodule(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> MeshDataModule:
