@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import torch
-
-from morphzoo.recipes import instantiate
+from morphzoo.recipes import fit_best, instantiate
 from morphzoo.zoo.evaluate import test_error_maps
 
 
 def fit(recipe: str, overrides: list[str], root: Path):
     cli = instantiate(recipe, [*overrides, f"--trainer.default_root_dir={root}", "--trainer.logger=false",
                                "--trainer.enable_progress_bar=false"])
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    seconds = time.perf_counter() - start
-    best = cli.trainer.checkpoint_callback.best_model_path
-    cli.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    best, seconds = fit_best(cli)
     return cli, best, seconds
 
 

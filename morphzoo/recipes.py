@@ -11,10 +11,12 @@ links what the data determines into the model and finds recipes by name (:func:`
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
 
@@ -40,6 +42,7 @@ def quiet_third_party_output() -> None:
         if not any(isinstance(f, _DropTips) for f in target.filters):
             target.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    warnings.filterwarnings("ignore", message="Starting from v1.9.0, `tensorboardX` has been removed")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")  # Lightning calling torch, a FutureWarning
 
 
@@ -110,3 +113,20 @@ def parse(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] =
 def build_datamodule(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> MeshDataModule:
     """Only the DataModule of a recipe plus overrides (what evaluating a checkpoint needs)."""
     return instantiate_class((), parse(recipes, overrides).data.as_dict())
+
+
+def fit_best(cli: MorphzooCLI) -> tuple[str, float]:
+    """Train ``cli.model`` on ``cli.datamodule``, then load its best-validation checkpoint back into the model.
+
+    Returns the checkpoint's path and the training wall time in seconds. The recipe's trainer must keep one (a
+    ``ModelCheckpoint`` monitoring ``val/error_mm``, and a validation split).
+    """
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - start
+    best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
+    if not best:
+        raise ValueError("the run kept no best-validation checkpoint: its trainer needs a ModelCheckpoint monitoring "
+                         "val/error_mm (every shipped recipe has one) and a validation split")
+    cli.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    return best, seconds

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from morphzoo.data.synth.face import load_anny_face
-from morphzoo.recipes import instantiate
+from morphzoo.recipes import fit_best, instantiate
 from morphzoo.zoo.evaluate import evaluate_model, test_error_maps
 from morphzoo.zoo.figures import plot_cumulative_error, render_error_map
 
@@ -38,11 +37,7 @@ def train_and_evaluate(recipe: str, args: argparse.Namespace) -> dict:
                                f"--trainer.default_root_dir={args.out / name}", "--trainer.logger.init_args.save_dir",
                                str(args.out), "--trainer.logger.init_args.name", name,
                                "--trainer.enable_progress_bar=false"])
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    train_seconds = time.perf_counter() - start
-    best = cli.trainer.checkpoint_callback.best_model_path
-    cli.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    best, train_seconds = fit_best(cli)
     result = test_error_maps(cli.model, cli.datamodule)
     result["metrics"] = evaluate_model(cli.model, cli.datamodule)
     result.update(

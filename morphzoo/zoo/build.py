@@ -20,14 +20,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 import morphzoo
-from morphzoo.recipes import instantiate, parse
+from morphzoo.recipes import fit_best, instantiate, parse
 from morphzoo.zoo.checkpoint import count_parameters, load_checkpoint, update_config, write_checkpoint
 from morphzoo.zoo.evaluate import evaluate_model
 from morphzoo.zoo.hub import describe_file
@@ -80,14 +79,8 @@ def build_entry(name: str, registry: str | Path | None = None, samples: int = 10
                                    f"--trainer.default_root_dir={work / 'run'}", "--trainer.logger=false",
                                    "--trainer.enable_progress_bar=false"])
         if from_checkpoint is None:
-            start = time.perf_counter()
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-            wall_time = round(time.perf_counter() - start, 1)
-            best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
-            if not best:
-                raise RegistryError(f"{entry.recipe} kept no best-validation checkpoint: its trainer needs a "
-                                    "ModelCheckpoint monitoring val/error_mm and a validation split")
-            source = "a run"
+            best, seconds = fit_best(cli)
+            wall_time, source = round(seconds, 1), "a run"
         else:
             best, wall_time = str(from_checkpoint), None
             source = f"{Path(best).name} (registered with --from-checkpoint) of a run"
