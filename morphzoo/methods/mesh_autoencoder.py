@@ -11,6 +11,7 @@ combines with any sampling.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +52,14 @@ class MeshAutoencoder(MorphableModel):
         conv_factory: builds the convolution for a level.
         output_bias: whether the last convolution (to xyz) has a bias (CoMA's has none; SpiralNet++'s has one).
         sampling_factory: builds the down- and up-sampling between two levels (default: :func:`qem_sampling`).
+
+    Training follows the family's schedule, which each method states as data: :attr:`optimizer_class` names its
+    paper's optimiser, and its hyper-parameters ``learning_rate``, ``weight_decay``, ``lr_decay`` (and ``momentum``
+    for SGD) give the values; the learning rate is multiplied by ``lr_decay`` after every epoch (0.99 in CoMA,
+    Neural3DMM, SpiralNet++ and Deep3DMM).
     """
+
+    optimizer_class: ClassVar[type[torch.optim.Optimizer]]
 
     def __init__(
         self,
@@ -115,9 +123,15 @@ class MeshAutoencoder(MorphableModel):
             x = self.activation(conv(up(x)))
         return self.output_conv(x)
 
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """Optimiser parameter groups: one, every parameter with ``weight_decay``. Deep3DMM exempts its feature
+        aggregation."""
+        return [{"params": list(self.parameters()), "weight_decay": weight_decay}]
 
-def decayed_per_epoch(optimizer: torch.optim.Optimizer, gamma: float) -> dict:
-    """``configure_optimizers``' answer for the family's schedule: the learning rate multiplied by ``gamma`` after
-    every epoch (0.99 in CoMA, Neural3DMM, SpiralNet++ and Deep3DMM)."""
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        # Only the SGD methods have a momentum hyper-parameter (Adam's betas stay torch's defaults).
+        momentum = {"momentum": hp.momentum} if "momentum" in hp else {}
+        optimizer = self.optimizer_class(self.parameter_groups(hp.weight_decay), lr=hp.learning_rate, **momentum)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=hp.lr_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from lightning import Trainer
 
 from morphzoo.mesh.graph import edge_index, scaled_laplacian, sparse_to_torch
 from morphzoo.mesh.sampling import mesh_hierarchy
@@ -10,7 +9,7 @@ from morphzoo.mesh.template import Template
 from morphzoo.methods import CoMA, SpiralNetPlusPlus
 from morphzoo.methods.coma import SETTINGS
 from morphzoo.nn import ChebConv, Downsample, Upsample
-from tests.synthetic import SphereDataModule, sphere_collection, sphere_template
+from tests.synthetic import sphere_collection, sphere_template
 
 
 def grid_template(side: int) -> Template:
@@ -73,24 +72,6 @@ def test_spiralnet_parameter_count_matches_the_reference_port():
     assert count_parameters(model) == 154_899
 
 
-@pytest.mark.parametrize("model_class", [CoMA, SpiralNetPlusPlus])
-def test_metre_space_api_shapes_and_errors(model_class):
-    template = sphere_template(3)
-    model = model_class(template=template).eval()
-    vertices = torch.from_numpy(template.vertices).float()
-    latent = model.encode(vertices[None].repeat(4, 1, 1))
-    assert latent.shape == (4, model.hparams.latent_dim)
-    assert model.decode(latent).shape == (4, template.num_vertices, 3)
-    assert model(vertices).shape == vertices.shape  # a single (V, 3) mesh works too
-    with pytest.raises(ValueError, match=f"expected vertices of shape \\(B, {template.num_vertices}, 3\\)"):
-        model(vertices[:-1])
-    vertices[3, 1] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        model.encode(vertices)
-    with pytest.raises(ValueError, match="needs a template"):
-        model_class()
-
-
 @pytest.mark.parametrize(
     "model_class, channels",
     [(CoMA, {"encoder_channels": (16, 16, 32), "decoder_channels": (32, 16, 16, 16)}),
@@ -113,19 +94,6 @@ def test_models_overfit_a_handful_of_meshes(model_class, channels):
         error = (model(vertices) - vertices).norm(dim=-1).mean()
     mean_shape_error = (mean - vertices).norm(dim=-1).mean()
     assert error < 0.2 * mean_shape_error, (error, mean_shape_error)
-
-
-def test_lightning_checkpoint_round_trip(tmp_path):
-    data = SphereDataModule(frames=20)
-    model = SpiralNetPlusPlus(template=data.template, mean=data.mean, std=data.std, latent_dim=8)
-    trainer = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, datamodule=data)
-    trainer.save_checkpoint(tmp_path / "model.ckpt")
-    restored = SpiralNetPlusPlus.from_lightning_checkpoint(str(tmp_path / "model.ckpt"))
-    vertices = torch.from_numpy(data.collection.vertices[:3])
-    torch.testing.assert_close(restored(vertices), model.eval()(vertices))
-    torch.testing.assert_close(restored.std, data.std)
 
 
 def test_trimesh_icosphere_is_closed():
