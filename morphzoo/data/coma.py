@@ -8,7 +8,10 @@ Download it from https://coma.is.tue.mpg.de (registration and licence required) 
 
 Meshes are sorted by (subject, expression, frame number), the order of the sorted file list on which CoMA's
 interpolation split is defined (§5.1). Labels: ``identity`` (subject), ``expression``, ``frame`` (the file's number).
-CoMA ships no separate neutral scan, so ``neutral`` is not set. The template is CoMA's first mesh unless a template
+CoMA ships no separate neutral scan. Every sequence starts from the subject's neutral face, so ``neutral`` is
+each subject's per-vertex mean of the first frame of each of its sequences (12 near-neutral frames; the mean averages
+out the small expression residue any one first frame keeps). Methods that learn a neutral face (IB-VAE) use it. The
+template is CoMA's first mesh unless a template
 file (e.g. CoMA's ``template.obj``) is given: it only provides rest positions for building sampling matrices and
 spirals, and every mesh must share its topology.
 """
@@ -36,6 +39,7 @@ from morphzoo.data.raw import (
 from morphzoo.mesh.io import parse_mesh
 
 ARCHIVE_NAME = "COMA_data.zip"
+NEUTRAL_RULE = "mean of each sequence's first frame"  # in the cache key: collections cached before had none
 EXPECTED = ("the extracted CoMA folder (<root>/<subject>/<expression>/<expression>.NNNNNN.ply) or COMA_data.zip, "
             "downloaded from https://coma.is.tue.mpg.de")
 
@@ -56,13 +60,13 @@ def read_coma(root: str | Path, template: str | Path | None = None) -> MeshColle
     if archive is not None:
         with zipfile.ZipFile(archive) as zipped:
             members = [m for m in zipped.namelist() if m.lower().endswith(".ply") and not is_system_metadata(m)]
-            key = ("coma", files_fingerprint(archive.parent, [archive]), members, _template_key(template))
+            key = ("coma", NEUTRAL_RULE, files_fingerprint(archive.parent, [archive]), members, _template_key(template))
             return cached_read("coma", key, lambda directory: _build(
                 directory, members, lambda m: lambda: parse_mesh(zipped.read(m), ".ply", f"{archive}:{m}"),
                 template, f"{archive}"))
     files = mesh_files(root, (".ply",))
     relative = [path.relative_to(root).as_posix() for path in files]
-    key = ("coma", files_fingerprint(root, files), _template_key(template))
+    key = ("coma", NEUTRAL_RULE, files_fingerprint(root, files), _template_key(template))
     by_name = dict(zip(relative, files, strict=True))
     return cached_read("coma", key, lambda directory: _build(
         directory, relative, lambda name: file_reader(by_name[name]), template, str(root)))
@@ -96,13 +100,24 @@ def _build(directory: Path, names: list[str], reader, template: str | Path | Non
     shared = template_from(template, readers[0], "coma")
     vertices = allocate_vertices(directory, len(names), shared.num_vertices)
     read_meshes_into(vertices, readers, names, shared, "CoMA")
+    identity = np.array([subjects.index(s) for s, _, _ in parsed])
+    expression = np.array([expressions.index(e) for _, e, _ in parsed])
     return MeshCollection(
         vertices=vertices, template=shared,
-        labels={"identity": np.array([subjects.index(s) for s, _, _ in parsed]),
-                "expression": np.array([expressions.index(e) for _, e, _ in parsed]),
-                "frame": np.array([frame for _, _, frame in parsed])},
+        labels={"identity": identity, "expression": expression, "frame": np.array([frame for _, _, frame in parsed])},
         vocabularies={"identity": subjects, "expression": expressions},
+        neutral=first_frame_neutrals(vertices, identity, expression, len(subjects)),
         attributes={"dataset": "coma", "source": source}, names=tuple(names))
+
+
+def first_frame_neutrals(vertices: np.ndarray, identity: np.ndarray, expression: np.ndarray,
+                         subjects: int) -> np.ndarray:
+    """(subjects, V, 3): each subject's mean of its sequences' first frames; meshes sorted by (subject, expression,
+    frame), so a sequence's first frame is where (identity, expression) changes."""
+    starts = np.flatnonzero(np.r_[True, (np.diff(identity) != 0) | (np.diff(expression) != 0)])
+    sums = np.zeros((subjects, vertices.shape[1], 3))
+    np.add.at(sums, identity[starts], vertices[starts])
+    return (sums / np.bincount(identity[starts], minlength=subjects)[:, None, None]).astype(np.float32)
 
 
 class CoMADataModule(MeshDataModule):

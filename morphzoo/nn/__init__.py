@@ -2,9 +2,11 @@
 
 from morphzoo.nn.chebconv import ChebConv
 from morphzoo.nn.feature_aggregation import FeatureAggregation, SparseMapping
+from morphzoo.nn.pointcloud import OffsetAttention, PointCloudTransformer, SampleAndGroup, farthest_point_sampling, knn
 from morphzoo.nn.pooling import Downsample, Upsample
 from morphzoo.nn.spiralconv import SpiralConv
 from morphzoo.nn.transformer import MixerBlock, TokenBackbone, TransformerBlock
 
-__all__ = ["ChebConv", "Downsample", "FeatureAggregation", "MixerBlock", "SparseMapping", "SpiralConv", "TokenBackbone",
-           "TransformerBlock", "Upsample"]
+__all__ = ["ChebConv", "Downsample", "FeatureAggregation", "MixerBlock", "OffsetAttention", "PointCloudTransformer",
+           "SampleAndGroup", "SparseMapping", "SpiralConv", "TokenBackbone", "TransformerBlock", "Upsample",
+           "farthest_point_sampling", "knn"]

@@ -111,6 +111,15 @@ def test_coma_round_trip_and_protocols(tmp_path, faces_data, format):
         assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_coma_neutral_is_each_subjects_mean_first_frame(tmp_path, faces_data):
+    read = read_coma(export_collection(faces_data, "coma", tmp_path / "coma"))
+    identity, expression, frame = (read.labels[k] for k in ("identity", "expression", "frame"))
+    for subject in range(len(read.vocabularies["identity"])):
+        firsts = [np.flatnonzero((identity == subject) & (expression == e) & (frame == frame[(identity == subject)
+                  & (expression == e)].min()))[0] for e in np.unique(expression[identity == subject])]
+        np.testing.assert_allclose(read.neutral[subject], np.mean(read.vertices[firsts], axis=0), atol=1e-7)
+
+
 def test_coma_interpolation_follows_the_sorted_file_list(tmp_path, faces_data):
     root = export_collection(faces_data, "coma", tmp_path / "coma")
     data = CoMADataModule(str(root), split="interpolation")
