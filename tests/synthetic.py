@@ -69,3 +69,15 @@ class SphereDataModule(MeshDataModule):
 
     def load_collection(self) -> MeshCollection:
         return sphere_collection(*self.sizes)
+
+
+class BU3DFELikeDataModule(MeshDataModule):
+    """A MeshDataModule over :func:`bu3dfe_like` (expression and level labels, for conditional models)."""
+
+    def __init__(self, subjects: int = 4, subdivisions: int = 3, split: str = "random", test_size: float = 0.2,
+                 batch_size: int = 8) -> None:
+        super().__init__(split=split, test_size=test_size, batch_size=batch_size)
+        self.sizes = (subjects, subdivisions)
+
+    def load_collection(self) -> MeshCollection:
+        return bu3dfe_like(*self.sizes)

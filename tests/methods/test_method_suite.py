@@ -14,12 +14,13 @@ from lightning import Trainer
 
 from morphzoo import methods
 from morphzoo.zoo.checkpoint import load_checkpoint, write_checkpoint
-from tests.synthetic import SphereDataModule, sphere_template
+from tests.synthetic import BU3DFELikeDataModule, SphereDataModule, sphere_template
 
 METHODS = sorted(set(methods.__all__) - {"MorphableModel"})
 VERTICES = sphere_template().num_vertices  # SphereDataModule's sphere
 # Two levels on the 642-vertex sphere (642 / 161 / 41) for the mesh autoencoders.
 LEVELS = {"latent_dim": 8, "sampling_factors": (4, 4), "encoder_channels": (8, 8)}
+IBVAE_TINY = {"identity_dim": 3, "expression_dim": 2, "sample_counts": (64, 32), "neighbours": 8, "decoder_hidden": 16}
 TINY = {
     "CoMA": {**LEVELS, "decoder_channels": (8, 8, 8), "cheb_order": 3},
     "Deep3DMMSpectral": {**LEVELS, "decoder_channels": (8, 8, 8), "cheb_order": 3, "key_dim": 5},
@@ -27,11 +28,21 @@ TINY = {
                        "key_dim": 5},
     "LAMM": {"dim": 16, "encoder_layers": 1, "decoder_layers": 1, "heads": 2, "latent_dim": 8, "regions": "cluster",
              "num_regions": 4, "control_vertices": 3},
+    "IBCVAE": {**IBVAE_TINY, "expressions": 6, "levels": 4},
+    "IBVAE": IBVAE_TINY,
     "Neural3DMM": {**LEVELS, "decoder_channels": (8, 8, 8), "spiral_rings": (1, 1), "spiral_dilation": (1, 1)},
     "PCA": {"latent_dim": 4},
     "RegionPCA": {"latent_dim": 6, "regions": [vertex % 3 for vertex in range(VERTICES)]},
     "SpiralNetPlusPlus": {**LEVELS, "spiral_length": 5, "spiral_dilation": (1, 1)},
 }
+# The latent size of each method: its latent_dim, or for IB-VAE |z_id| + |z_exp| (+ the IB-CVAE's label).
+LATENT_SIZES = {name: arguments.get("latent_dim", arguments.get("identity_dim", 0) + arguments.get("expression_dim", 0)
+                      + arguments.get("expressions", 0)) for name, arguments in TINY.items()}
+# Conditional models train on data with their labels (same sphere template); the rest on SphereDataModule.
+DATA = {"IBCVAE": BU3DFELikeDataModule}
+# The PCT encoder's BatchNorm layers start with running statistics (0, 1) that eval mode uses: after one step every
+# mesh encodes to nearly the same code. A few dozen steps make their statistics the data's.
+STEPS = {"IBCVAE": 30, "IBVAE": 30}
 # PCA's fast_dev_run fit sees one batch, which must hold more meshes than its latent dimensions.
 BATCH_SIZE = 8
 # Batched and single inputs, or Deep3DMM's materialised sparse mappings, may round differently in float32.
@@ -39,7 +50,10 @@ ROUNDING = {"atol": 1e-6, "rtol": 1e-5}
 
 
 def fast_dev_run(model: methods.MorphableModel, data: SphereDataModule) -> Trainer:
-    trainer = Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_checkpointing=False,
+    """One training batch (``fast_dev_run``); :data:`STEPS` more for the methods that need them."""
+    steps = STEPS.get(type(model).__name__)
+    schedule = {"max_steps": steps, "limit_val_batches": 1} if steps else {"fast_dev_run": True}
+    trainer = Trainer(**schedule, accelerator="cpu", logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=data)
     return trainer
@@ -61,6 +75,7 @@ def trained(request, data):
     """A method after a ``fast_dev_run`` fit (in eval mode), its trainer and its state before the fit. Tests that
     change the model work on a copy."""
     torch.manual_seed(0)
+    data = DATA[request.param](batch_size=BATCH_SIZE) if request.param in DATA else data
     model = getattr(methods, request.param)(template=data.template, mean=data.mean, std=data.std,
                                             **TINY[request.param])
     before = {key: value.clone() for key, value in model.state_dict().items()}
@@ -92,7 +107,7 @@ def test_fast_dev_run_fit_changes_the_model(trained):
 def test_metre_space_shapes_and_forward(trained, meshes):
     model = trained.model
     latent = model.encode(meshes)
-    assert latent.shape[0] == len(meshes) and latent[0].numel() == model.hparams.latent_dim
+    assert latent.shape[0] == len(meshes) and latent[0].numel() == LATENT_SIZES[type(model).__name__]
     reconstruction = model.decode(latent)
     assert reconstruction.shape == meshes.shape and reconstruction.dtype == torch.float32
     assert torch.equal(model(meshes), reconstruction)
