@@ -5,11 +5,13 @@ from morphzoo.metrics.compactness import Compactness, PCAGeneralisation
 from morphzoo.metrics.disentanglement import DisentanglementError, JiangDisentanglementError
 from morphzoo.metrics.diversity import Diversity
 from morphzoo.metrics.manipulation import ManipulationError
+from morphzoo.metrics.self_intersection import SelfIntersections, self_intersecting_faces
 from morphzoo.metrics.specificity import Specificity
 from morphzoo.metrics.vertex_error import VertexError
 
 __all__ = [
     "Compactness", "DisentanglementError", "Diversity", "JiangDisentanglementError", "ManipulationError",
-    "PCAGeneralisation", "Specificity", "VertexError", "similarity_procrustes",
+    "PCAGeneralisation", "SelfIntersections", "Specificity", "VertexError", "self_intersecting_faces",
+    "similarity_procrustes",
 ]
 

@@ -266,7 +266,10 @@ class SparseMapping(nn.Module):
 
     def __init__(self, matrix: Tensor) -> None:
         super().__init__()
-        csr = matrix.detach().float().to_sparse_csr() if matrix.layout != torch.sparse_csr else matrix.detach().float()
+        with warnings.catch_warnings():  # torch warns once that sparse CSR support is "beta"
+            warnings.simplefilter("ignore", UserWarning)
+            csr = matrix.detach().float()
+            csr = csr.to_sparse_csr() if csr.layout != torch.sparse_csr else csr
         self.num_outputs, self.num_inputs = csr.shape
         self.register_buffer("crow_indices", csr.crow_indices())
         self.register_buffer("col_indices", csr.col_indices())

@@ -23,7 +23,9 @@ from morphzoo.zoo.registry import Entry, Registry, RegistryError, load, load_reg
 
 COLUMNS = (("reconstruction/mean_mm", "error mean (mm)"), ("reconstruction/median_mm", "median (mm)"),
            ("reconstruction_aligned/mean_mm", "aligned (mm)"), ("generation/specificity_mm", "specificity (mm)"),
-           ("generation/diversity_mm", "diversity (mm)"), ("disentanglement/mean_mm", "disentanglement (mm)"))
+           ("generation/diversity_mm", "diversity (mm)"), ("disentanglement/mean_mm", "disentanglement (mm)"),
+           ("disentanglement_jiang/mean_mm", "Jiang disentanglement (mm)"), ("neutral/mean_mm", "neutral face (mm)"),
+           ("mesh_quality/self_intersections_reconstruction", "self-intersecting faces"))
 
 
 def datamodule_for(entry: Entry, registry: Registry) -> MeshDataModule:

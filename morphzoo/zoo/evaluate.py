@@ -5,7 +5,14 @@
   if the model has none): :class:`Specificity` of ``samples`` samples against the training split and
   :class:`Diversity` over ``pairs`` random pairs of them;
 - **disentanglement** (models with ``predict_neutral``, and datasets with ``identity`` labels):
-  :class:`DisentanglementError` and :class:`JiangDisentanglementError` of the test split's predicted neutral faces;
+  :class:`DisentanglementError` (IB-VAE Eq. 14) and :class:`JiangDisentanglementError` of the test split's predicted
+  neutral faces, the latter under Jiang et al.'s own protocol (no refinement iterations; each subject's predictions
+  aligned onto the prediction from its neutral face, which is added for that, where the dataset has neutral faces);
+  and the **neutral face error** (IB-VAE Table 2, "ne"): :class:`VertexError` of the predicted neutral faces against
+  the true ones;
+- **mesh quality** (all models): self-intersecting faces per mesh (:class:`SelfIntersections`, IB-VAE §4.4) of the
+  reconstructions and of the true meshes, on a seeded subset of at most ``intersection_meshes`` test meshes (a count of
+  faces, not mm);
 - **data reference values** (from the labels): the diversity of the training meshes, overall and within the same
   identity / expression, which a generator's diversity is compared with.
 """
@@ -21,6 +28,7 @@ from morphzoo.data.base import MeshDataModule, MeshSubset
 from morphzoo.methods.base import MorphableModel
 from morphzoo.metrics.disentanglement import DisentanglementError, JiangDisentanglementError
 from morphzoo.metrics.diversity import Diversity
+from morphzoo.metrics.self_intersection import SelfIntersections
 from morphzoo.metrics.specificity import Specificity
 from morphzoo.metrics.vertex_error import VertexError
 
@@ -31,7 +39,7 @@ def _batches(subset: MeshSubset, batch_size: int) -> DataLoader:
 
 @torch.no_grad()
 def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1000, pairs: int = 10_000,
-                   seed: int = 0, batch_size: int = 64) -> dict[str, float]:
+                   seed: int = 0, batch_size: int = 64, intersection_meshes: int = 200) -> dict[str, float]:
     """Compute every applicable metric (see the module docstring); returns ``{"group/metric": value}`` in mm.
 
     Args:
@@ -39,30 +47,26 @@ def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1
         data: its DataModule; the split protocol is the DataModule's.
         samples: generated meshes for specificity and diversity (the GAN paper's 1000).
         pairs: random pairs for diversity (the GAN paper's 10,000).
-        seed: seeds sampling and pair drawing.
+        seed: seeds sampling, pair drawing and the self-intersection subset.
         batch_size: meshes per forward pass.
+        intersection_meshes: test meshes (a seeded subset) whose self-intersections are counted; 0 skips it.
     """
     model.eval()
     results: dict[str, float] = {}
     test, train = data.subset("test"), data.subset("train")
     plain, aligned = VertexError(), VertexError(align="procrustes")
-    neutral = DisentanglementError(), JiangDisentanglementError()
-    predicts_neutral = hasattr(model, "predict_neutral") and "identity" in data.collection.labels
     for batch in _batches(test, batch_size):
         vertices = batch["vertices"].to(model.mean)
         prediction = model(vertices)
         plain.update(prediction, vertices)
         aligned.update(prediction, vertices)
-        if predicts_neutral:
-            for metric in neutral:
-                metric.update(model.predict_neutral(vertices), batch["identity"])
     for name, metric in (("reconstruction", plain), ("reconstruction_aligned", aligned)):
         values = metric.compute()
         results.update({f"{name}/{key}_mm": float(values[key]) for key in ("mean", "std", "median")})
-    if predicts_neutral:
-        for name, metric in zip(("disentanglement", "disentanglement_jiang"), neutral, strict=True):
-            values = metric.compute()
-            results.update({f"{name}/{key}_mm": float(values[key]) for key in ("mean", "median")})
+    if hasattr(model, "predict_neutral") and "identity" in data.collection.labels:
+        results.update(neutral_face_metrics(model, data, batch_size))
+    if intersection_meshes > 0:
+        results.update(self_intersections(model, data, intersection_meshes, seed))
 
     training_meshes = np.asarray(data.collection.vertices[np.sort(data.split_indices["train"])])
     if samples > 0:
@@ -75,6 +79,47 @@ def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1
         results["generation/diversity_mm"] = float(diversity.compute()["mean"])
     results.update(data_diversity(data, pairs, seed))
     return results
+
+
+@torch.no_grad()
+def neutral_face_metrics(model: MorphableModel, data: MeshDataModule, batch_size: int = 64) -> dict[str, float]:
+    """The disentanglement errors and the neutral face error of a model's predicted neutral faces (module
+    docstring); needs ``identity`` labels, and the dataset's neutral faces for the neutral face error."""
+    equation_14, jiang, neutral_error = DisentanglementError(), JiangDisentanglementError(iterations=0), VertexError()
+    for batch in _batches(data.subset("test"), batch_size):
+        predicted = model.predict_neutral(batch["vertices"].to(model.mean))
+        equation_14.update(predicted, batch["identity"])
+        jiang.update(predicted, batch["identity"])
+        if "neutral" in batch:
+            neutral_error.update(predicted, batch["neutral"].to(predicted))
+    results = {}
+    if data.collection.neutral is not None:  # Jiang's reference: the prediction from each subject's neutral face
+        subjects = np.unique(data.collection.labels["identity"][data.split_indices["test"]])
+        faces = torch.from_numpy(np.array(data.collection.neutral[subjects])).to(model.mean)
+        jiang.update(model.predict_neutral(faces), torch.from_numpy(subjects),
+                     reference=torch.ones(len(subjects), dtype=torch.bool))
+        values = neutral_error.compute()
+        results.update({f"neutral/{key}_mm": float(values[key]) for key in ("mean", "std", "median")})
+    for name, metric in (("disentanglement", equation_14), ("disentanglement_jiang", jiang)):
+        values = metric.compute()
+        results.update({f"{name}/{key}_mm": float(values[key]) for key in ("mean", "median")})
+    return results
+
+
+@torch.no_grad()
+def self_intersections(model: MorphableModel, data: MeshDataModule, meshes: int = 200,
+                       seed: int = 0) -> dict[str, float]:
+    """Self-intersecting faces per mesh of the reconstructions and of the true meshes, on a seeded subset of at most
+    ``meshes`` test meshes."""
+    test = data.split_indices["test"]
+    chosen = np.sort(np.random.default_rng(seed).choice(test, min(meshes, len(test)), replace=False))
+    truth = torch.from_numpy(np.array(data.collection.vertices[chosen]))
+    reconstructed, original = SelfIntersections(data.template.faces), SelfIntersections(data.template.faces)
+    original.update(truth)
+    for chunk in truth.split(64):
+        reconstructed.update(model(chunk.to(model.mean)))
+    return {"mesh_quality/self_intersections_reconstruction": float(reconstructed.compute()["mean"]),
+            "mesh_quality/self_intersections_data": float(original.compute()["mean"])}
 
 
 def _generate(model: MorphableModel, train: MeshSubset, count: int, seed: int, batch_size: int) -> Tensor:

@@ -52,4 +52,21 @@ def test_disentanglement_is_evaluated_for_models_that_predict_neutral_faces(data
     row = evaluate_model(model, data, samples=0)
     assert row["disentanglement/mean_mm"] == pytest.approx(0.0, abs=1e-6)
     assert row["disentanglement_jiang/mean_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert row["neutral/mean_mm"] == pytest.approx(0.0, abs=1e-6)
     assert "generation/specificity_mm" not in row
+
+
+def test_a_constant_neutral_offset_is_a_neutral_error_but_no_disentanglement_error(data):
+    model = PerfectNeutral(template=data.template, mean=data.mean, std=data.std, latent_dim=8)
+    model.neutral_faces = torch.from_numpy(data.collection.neutral) + torch.tensor([0.001, 0.0, 0.0])  # 1 mm
+    row = evaluate_model(model, data, samples=0, intersection_meshes=0)
+    assert row["neutral/mean_mm"] == pytest.approx(1.0, rel=1e-4)
+    assert row["disentanglement/mean_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert row["disentanglement_jiang/mean_mm"] == pytest.approx(0.0, abs=1e-5)
+    assert "mesh_quality/self_intersections_data" not in row
+
+
+def test_mesh_quality_counts_self_intersections_of_data_and_reconstructions(data):
+    row = evaluate_model(model_for(data), data, samples=0, intersection_meshes=10)
+    assert row["mesh_quality/self_intersections_data"] == 0  # deformed spheres do not cross themselves
+    assert "mesh_quality/self_intersections_reconstruction" in row
