@@ -10,9 +10,11 @@ import torch
 from lightning import Trainer
 from scipy.stats import norm
 
+from morphzoo import recipes
+from morphzoo.data.export import export_collection
 from morphzoo.methods import IBCVAE, IBVAE
 from morphzoo.methods.ibvae import mutual_information_mws
-from tests.synthetic import SphereDataModule, bu3dfe_like
+from tests.synthetic import SphereDataModule, bu3dfe_like, sphere_collection
 
 TINY = {"identity_dim": 2, "expression_dim": 2, "sample_counts": (64, 32), "neighbours": 8, "decoder_hidden": 32}
 
@@ -158,3 +160,40 @@ def test_ibvae_learns_neutral_faces_on_tiny_data(data):
             enable_model_summary=False, limit_val_batches=0).fit(model, datamodule=data)
     after = neutral_error()
     assert after < 0.5 * before, (before, after)
+
+
+# --- recipes ----------------------------------------------------------------------------------------------------------
+RECIPES = ("ibvae", "ibvae-anny-bu3dfe", "ibvae-coma", "ibvae-bu3dfe", "ibcvae-anny-bu3dfe", "ibcvae-bu3dfe")
+SMALL_ENCODER = ["--model.init_args.sample_counts=[64, 32]", "--model.init_args.neighbours=8"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_keeps_the_papers_schedule_and_the_cpu_overlay_only_compresses_it(recipe):
+    paper, cpu = recipes.parse(recipe), recipes.parse([recipe, "schedules/ibvae-cpu"])
+    arguments = paper.model.init_args
+    assert (arguments.learning_rate, arguments.lr_decay_every, arguments.regularisation_decay_epochs) == (5e-5, 50, 350)
+    assert (arguments.lambda_reconstruction, arguments.lambda_regularisation, arguments.beta_mi) == (6.6e-2, 3e-3, 50)
+    assert arguments.beta_identity == (10.0 if recipe in ("ibvae", "ibvae-coma") else 1.0)  # CoMA 10, BU-3DFE 1
+    assert paper.trainer.max_epochs == 300 and cpu.trainer.max_epochs == 6
+    assert cpu.model.init_args.lr_decay_every == 1 and cpu.model.init_args.beta_identity == arguments.beta_identity
+
+
+@pytest.mark.parametrize("recipe, format", [("ibvae-coma", "coma"), ("ibvae-bu3dfe", "bu3dfe"),
+                                            ("ibcvae-bu3dfe", "bu3dfe")])
+def test_real_data_recipes_run_once_on_data_in_the_datasets_format(recipe, format, tmp_path):
+    collection = bu3dfe_like(subjects=12, subdivisions=3) if format == "bu3dfe" else sphere_collection(3, 3, 12)
+    root = export_collection(collection, format, tmp_path / "data")
+    cli = recipes.instantiate(recipe, [f"--data.init_args.root={root}", "--trainer.fast_dev_run=true",
+                                       "--trainer.logger=false", "--data.init_args.batch_size=8", *SMALL_ENCODER])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["ibvae", "ibvae-anny-bu3dfe", "ibcvae-anny-bu3dfe"])
+def test_anny_recipes_run_once(recipe, tmp_path):
+    cli = recipes.instantiate([recipe, "schedules/ibvae-cpu"], [
+        "--data.init_args.size=tiny", "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}",
+        "--data.init_args.batch_size=8"])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
