@@ -258,7 +258,8 @@ class IBCVAE(IBVAE):
 
     Expression 0 of the dataset's vocabulary is the neutral face (BU-3DFE's ``NE``): its label is the zero vector,
     which is also the label ``encode`` assumes when none is given. The latent code carries the label after z_exp, so
-    ``decode(encode(x, expression, level))`` reconstructs under the same label.
+    ``decode(encode(x, expression, level))`` reconstructs under the same label. The prior P(z_exp | Y_exp) of Eq. 5 is
+    taken as N(0, I) for every label (the paper does not say otherwise; the label enters through the decoder).
 
     Args:
         expressions: non-neutral expressions (6 in BU-3DFE).
@@ -297,6 +298,8 @@ class IBCVAE(IBVAE):
                level: Tensor | float | None = None) -> Tensor:
         """Latent codes (B, |z_id| + |z_exp| + expressions) of meshes in metres under their label (default: none)."""
         vertices, single = self._as_batch(vertices)
+        if (expression is None) != (level is None):
+            raise ValueError(f"{type(self).__name__}.encode: give both expression and level, or neither (neutral)")
         label = torch.zeros(len(vertices), self._expressions, device=vertices.device) if expression is None else \
             self.label(expression, level).expand(len(vertices), -1)
         mu, _ = self.posterior_parameters(self.normalise(vertices), label)

@@ -142,6 +142,8 @@ def test_a_cvae_generates_under_any_label_and_level_zero_is_neutral_for_every_ex
     mesh = torch.from_numpy(faces.vertices[:2])
     latent = model.encode(mesh, expression=torch.tensor([1, 2]), level=torch.tensor([4, 4]))
     assert latent.shape == (2, 2 * TINY["identity_dim"] + 6) and latent[0, -6:].tolist() == [1, 0, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="give both expression and level"):
+        model.encode(mesh, expression=1)
 
 
 def test_ibvae_learns_neutral_faces_on_tiny_data(data):
