@@ -186,7 +186,8 @@ def test_real_data_recipes_run_once_on_data_in_the_datasets_format(recipe, forma
     collection = bu3dfe_like(subjects=12, subdivisions=3) if format == "bu3dfe" else sphere_collection(3, 3, 12)
     root = export_collection(collection, format, tmp_path / "data")
     cli = recipes.instantiate(recipe, [f"--data.init_args.root={root}", "--trainer.fast_dev_run=true",
-                                       "--trainer.logger=false", "--data.init_args.batch_size=8", *SMALL_ENCODER])
+                                       f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+                                       "--data.init_args.batch_size=8", *SMALL_ENCODER])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
