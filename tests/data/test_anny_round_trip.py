@@ -43,8 +43,8 @@ def test_export_then_read_gives_the_same_dataset(case, tmp_path):
     for read_label, embedded_label in labels.items():
         np.testing.assert_allclose(read.collection.labels[read_label], embedded.collection.labels[embedded_label],
                                    err_msg=read_label)
-    # CoMA's format has no neutral scans: its reader derives them (tests/data/test_readers.py checks how)
-    if embedded.collection.neutral is not None and not case.startswith("coma"):
+    # Formats without neutral scans read none (DFAUST), or derive them (CoMA; tests/data/test_readers.py checks how)
+    if embedded.collection.neutral is not None and read.collection.neutral is not None and not case.startswith("coma"):
         np.testing.assert_array_equal(read.collection.neutral, embedded.collection.neutral)
     for name in ("train", "val", "test"):
         assert len(read.split_indices[name]) == len(embedded.split_indices[name]), name
