@@ -13,6 +13,7 @@ values is the sampled product ``(G Xᵀ)`` on its pattern (``torch.sparse.sample
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -48,9 +49,16 @@ def vertex_embeddings(positions: Tensor, frame: Tensor, dim: int = 21) -> nn.Par
     return nn.Parameter(torch.cat([POSITION_SCALE * standardised, noise], dim=1))
 
 
-def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():  # torch warns once that sparse CSR support is "beta"
+@contextlib.contextmanager
+def _quiet_sparse_csr():
+    """torch warns once that sparse CSR support is "beta": nothing a user can act on."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    with _quiet_sparse_csr():
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
@@ -266,9 +274,8 @@ class SparseMapping(nn.Module):
 
     def __init__(self, matrix: Tensor) -> None:
         super().__init__()
-        with warnings.catch_warnings():  # torch warns once that sparse CSR support is "beta"
-            warnings.simplefilter("ignore", UserWarning)
-            csr = matrix.detach().float()
+        csr = matrix.detach().float()
+        with _quiet_sparse_csr():
             csr = csr.to_sparse_csr() if csr.layout != torch.sparse_csr else csr
         self.num_outputs, self.num_inputs = csr.shape
         self.register_buffer("crow_indices", csr.crow_indices())
