@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from lightning import Trainer
+from torch.nn import functional as F
 
 from morphzoo.mesh.sampling import mesh_hierarchy
 from morphzoo.methods import CoMA, Deep3DMMSpectral, Deep3DMMSpiral, Neural3DMM
@@ -86,6 +87,20 @@ def test_without_mask_the_mapping_is_dense_and_negative_scores_are_clamped(templ
     assert (weight[cosine < 0] == 0).all() and (weight[cosine > 0] > 0).all()
     torch.testing.assert_close(weight.sum(1), torch.ones(template.num_vertices))
     assert fine_level(template, top_k=10_000).top_k is None  # k >= n_in: no mask
+
+
+@pytest.mark.parametrize("top_k", [6, None])
+def test_the_learned_mapping_is_non_negative_and_row_stochastic_where_cosines_are_negative(top_k):
+    """Eq. 5-6: negative cosines are clamped to 0, so every weight is >= 0 and every row sums to 1."""
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.nn.Parameter(torch.randn(5, 3, generator=generator))
+    keys = torch.nn.Parameter(torch.randn(8, 3, generator=generator))
+    assert ((F.normalize(queries, dim=1) @ F.normalize(keys, dim=1).T) < 0).sum(1).min() >= 3  # every top-6 has one
+    fa = FeatureAggregation(torch.zeros(5, 1, dtype=torch.long), torch.ones(5, 1), 8, queries, keys, top_k=top_k,
+                            fusion=False)
+    _, weight = fa.learned_matrix()
+    assert weight.min() >= 0 and (weight == 0).any()
+    torch.testing.assert_close(weight.sum(1), torch.ones(5))
 
 
 def test_a_row_whose_scores_are_all_clamped_averages_its_top_k():
