@@ -31,8 +31,12 @@ Choices the paper leaves open, stated:
 - **Encoder input.** The points in metres, centred on the template's centroid and divided by its RMS radius, so the
   PCT sees the geometry (farthest-point sampling and kNN need it) at unit scale. Decoders work in the per-vertex
   standardised coordinates every morphzoo autoencoder uses; their outputs are de-normalised to metres.
-- **MSE reduction.** The mean over vertices and coordinates (PyTorch's default), with :math:`\lambda_1, \lambda_2` as
+- **MSE reduction.** Eq. 4 as written: the squared L2 norm of each mesh's error, summed over its vertices and
+  coordinates (in the standardised coordinates) and averaged over the batch, with :math:`\lambda_1, \lambda_2` as
   published; the KL is summed over latent dimensions and averaged over the batch, :math:`\mathcal L_{mi}` averaged.
+  ``reconstruction_reduction="mean"`` (PyTorch's MSE default, ``3V`` times smaller) is the other reading of "MSE": on
+  anny-face with the paper's weights it lets the KL and MI terms dominate, and the identity code collapses (measured:
+  README, IB-VAE's ablation).
 - **MLP details.** The head has ReLUs between its layers (no batch norm or dropout: the latent statistics must not
   depend on the batch); a decoder is Linear(z, 256) -> ReLU -> Linear(256, 3V).
 - **Neutral meshes** (excluded from :math:`\mathcal L_{mi}`) are those equal to their subject's neutral face (within
@@ -116,6 +120,7 @@ class IBVAE(MorphableModel):
             is β_id = 1, β_mi = 0; "β_mi = 0" is β_id = 10, β_mi = 0.
         learning_rate, weight_decay, lr_decay, lr_decay_every: Adam with L2 weight decay; the learning rate is
             multiplied by ``lr_decay`` every ``lr_decay_every`` epochs.
+        reconstruction_reduction: ``"sum"`` (Eq. 4's squared norm per mesh) or ``"mean"`` (per coordinate).
     """
 
     def __init__(
@@ -137,8 +142,12 @@ class IBVAE(MorphableModel):
         weight_decay: float = 1e-4,
         lr_decay: float = 0.7,
         lr_decay_every: int = 50,
+        reconstruction_reduction: str = "sum",
     ) -> None:
         super().__init__(template, mean, std)
+        if reconstruction_reduction not in ("sum", "mean"):
+            raise ValueError(f"reconstruction_reduction must be 'sum' (Eq. 4's squared norm) or 'mean', "
+                             f"not {reconstruction_reduction!r}")
         self.save_hyperparameters(ignore=DATA_ARGUMENTS)
         self.identity_dim, self.expression_dim = identity_dim, expression_dim
         centre = self.template_vertices.mean(0)
@@ -216,13 +225,20 @@ class IBVAE(MorphableModel):
         identity, expression = self.split_latent(z)
         full_input = [identity.detach(), expression] + ([] if condition is None else [condition])  # stop-gradient
         is_expressive = (batch["vertices"] - batch["neutral"]).abs().flatten(1).amax(1) > NEUTRAL_TOLERANCE
+        reduce = self.squared_error
         return {
-            "rec": F.mse_loss(self.decode_normalised(torch.cat(full_input, dim=-1)), x),
-            "id": F.mse_loss(self.decode_identity_normalised(identity), neutral),
+            "rec": reduce(self.decode_normalised(torch.cat(full_input, dim=-1)), x),
+            "id": reduce(self.decode_identity_normalised(identity), neutral),
             "kl": kl_to_standard_normal(mu, logvar),
             "mi": mutual_information_mws(identity, mu[:, : self.identity_dim], logvar[:, : self.identity_dim],
                                          self.dataset_size, is_expressive),
         }
+
+    def squared_error(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """L_rec / L_id of Eq. 4 between (B, V, 3) batches, reduced as ``reconstruction_reduction`` says."""
+        if self.hparams.reconstruction_reduction == "sum":
+            return (prediction - target).pow(2).flatten(1).sum(1).mean()
+        return F.mse_loss(prediction, target)
 
     @property
     def dataset_size(self) -> int:

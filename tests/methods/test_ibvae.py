@@ -80,6 +80,29 @@ def test_the_identity_code_gets_no_gradient_from_the_full_face_loss(data):
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.full_decoder.parameters())
 
 
+def test_reconstruction_losses_are_eq4s_squared_norm_per_mesh(data):
+    model = IBVAE(template=data.template, mean=data.mean, std=data.std, **TINY).eval()
+    batch = batch_of(data, [2, 17, 33])
+    x, neutral = model.normalise(batch["vertices"]), model.normalise(batch["neutral"])
+    torch.manual_seed(3)
+    terms = model.loss_terms(batch)
+    torch.manual_seed(3)  # the same reparameterisation noise, to rebuild both decodings by hand
+    mu, logvar = model.posterior_parameters(x)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    full, identity = model.decode_normalised(z), model.decode_identity_normalised(z[:, :2])
+    by_hand = {"rec": sum(((full[i] - x[i]) ** 2).sum() for i in range(3)) / 3,
+               "id": sum(((identity[i] - neutral[i]) ** 2).sum() for i in range(3)) / 3}
+    for name, value in by_hand.items():
+        torch.testing.assert_close(terms[name], value)
+    mean_model = IBVAE(template=data.template, mean=data.mean, std=data.std, **TINY,
+                       reconstruction_reduction="mean").eval()
+    mean_model.load_state_dict(model.state_dict())
+    torch.manual_seed(3)
+    torch.testing.assert_close(mean_model.loss_terms(batch)["rec"] * x[0].numel(), terms["rec"])
+    with pytest.raises(ValueError, match="reconstruction_reduction must be 'sum'"):
+        IBVAE(template=data.template, **TINY, reconstruction_reduction="l1")
+
+
 def test_neutral_meshes_are_left_out_of_the_mi_term(data):
     model = IBVAE(template=data.template, mean=data.mean, std=data.std, **TINY)
     neutral = torch.from_numpy(data.collection.neutral[[0, 1, 2, 0]])
