@@ -3,6 +3,7 @@ full model (β_id = 10, β_mi = 50), same recipe, schedule and seed; every metri
 
     python benchmarks/ibvae_ablation.py                                  # anny-face small, the CPU schedule overlay
     python benchmarks/ibvae_ablation.py --recipe ibvae-anny-bu3dfe --schedule ""   # the paper's schedule
+    python benchmarks/ibvae_ablation.py --beta-mi-sweep 500                     # + β_id = 10, β_mi = 500 (Fig. 3)
 
 Writes ``results.json`` (resumable: finished rows are kept) and ``ablation.md`` into ``--out``; each run's
 best-validation checkpoint stays in its folder (the full model's can be registered with ``morphzoo zoo build NAME
@@ -31,11 +32,14 @@ def main() -> None:
     parser.add_argument("--schedule", default="schedules/ibvae-cpu", help="overlay recipe ('' for the paper's)")
     parser.add_argument("--override", action="append", default=[], help="extra `morphzoo fit` argument")
     parser.add_argument("--out", type=Path, default=Path("runs/ibvae-ablation"))
+    parser.add_argument("--beta-mi-sweep", type=float, nargs="*", default=[],
+                        help="extra variants with β_id = 10 and these β_mi (Fig. 3's sweep)")
     args = parser.parse_args()
+    variants = {**VARIANTS, **{f"beta-mi-{value:g}": (10.0, value) for value in args.beta_mi_sweep}}
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     recipes = [args.recipe, *([args.schedule] if args.schedule else [])]
-    for name, (beta_identity, beta_mi) in VARIANTS.items():
+    for name, (beta_identity, beta_mi) in variants.items():
         if name in results:
             continue
         cli = instantiate(recipes, [f"--model.init_args.beta_identity={beta_identity}",
