@@ -225,10 +225,9 @@ class IBVAE(MorphableModel):
         identity, expression = self.split_latent(z)
         full_input = [identity.detach(), expression] + ([] if condition is None else [condition])  # stop-gradient
         is_expressive = (batch["vertices"] - batch["neutral"]).abs().flatten(1).amax(1) > NEUTRAL_TOLERANCE
-        reduce = self.squared_error
         return {
-            "rec": reduce(self.decode_normalised(torch.cat(full_input, dim=-1)), x),
-            "id": reduce(self.decode_identity_normalised(identity), neutral),
+            "rec": self.squared_error(self.decode_normalised(torch.cat(full_input, dim=-1)), x),
+            "id": self.squared_error(self.decode_identity_normalised(identity), neutral),
             "kl": kl_to_standard_normal(mu, logvar),
             "mi": mutual_information_mws(identity, mu[:, : self.identity_dim], logvar[:, : self.identity_dim],
                                          self.dataset_size, is_expressive),

@@ -185,7 +185,7 @@ def test_ibvae_learns_neutral_faces_on_tiny_data(data):
     Trainer(max_epochs=30, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, limit_val_batches=0).fit(model, datamodule=data)
     after = neutral_error()
-    assert after < 0.6 * before, (before, after)  # eval-mode BatchNorm makes single epochs noisy
+    assert after < 0.5 * before, (before, after)
 
 
 # --- recipes ----------------------------------------------------------------------------------------------------------
