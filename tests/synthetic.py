@@ -11,16 +11,23 @@ from morphzoo.data.collection import MeshCollection
 from morphzoo.mesh.template import Template
 
 
-def sphere_template(subdivisions: int = 3, radius: float = 0.1) -> Template:
+def sphere_template(subdivisions: int = 3, radius: float = 0.1, open_cap: bool = False) -> Template:
+    """An icosphere; ``open_cap``: without its top cap (z > 0.6 r), a disk-like surface with one boundary loop (what a
+    harmonic UV map needs)."""
     sphere = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
-    return Template(vertices=sphere.vertices, faces=sphere.faces, name=f"icosphere{subdivisions}")
+    if not open_cap:
+        return Template(vertices=sphere.vertices, faces=sphere.faces, name=f"icosphere{subdivisions}")
+    keep = sphere.vertices[:, 2] <= 0.6 * radius
+    faces = sphere.faces[keep[sphere.faces].all(1)]
+    new_index = np.cumsum(keep) - 1
+    return Template(vertices=sphere.vertices[keep], faces=new_index[faces], name=f"open-icosphere{subdivisions}")
 
 
 def sphere_collection(identities: int = 3, expressions: int = 3, frames: int = 20, seed: int = 0,
-                      subdivisions: int = 3) -> MeshCollection:
+                      subdivisions: int = 3, open_cap: bool = False) -> MeshCollection:
     """Identities = anisotropic scalings; expressions = Gaussian bumps that rise and fall over a sequence."""
     rng = np.random.default_rng(seed)
-    template = sphere_template(subdivisions)
+    template = sphere_template(subdivisions, open_cap=open_cap)
     rest = template.vertices
     directions = rest / np.linalg.norm(rest, axis=1, keepdims=True)
     scales = 1 + 0.15 * rng.standard_normal((identities, 3))
@@ -63,12 +70,12 @@ class SphereDataModule(MeshDataModule):
     """A MeshDataModule over :func:`sphere_collection` (for CLI and training tests)."""
 
     def __init__(self, identities: int = 3, expressions: int = 3, frames: int = 40, split: str = "interpolation",
-                 batch_size: int = 8, num_workers: int = 0) -> None:
-        super().__init__(split=split, batch_size=batch_size, num_workers=num_workers)
-        self.sizes = (identities, expressions, frames)
+                 batch_size: int = 8, num_workers: int = 0, open_cap: bool = False, **kwargs) -> None:
+        super().__init__(split=split, batch_size=batch_size, num_workers=num_workers, **kwargs)
+        self.sizes, self.open_cap = (identities, expressions, frames), open_cap
 
     def load_collection(self) -> MeshCollection:
-        return sphere_collection(*self.sizes)
+        return sphere_collection(*self.sizes, open_cap=self.open_cap)
 
 
 class BU3DFELikeDataModule(MeshDataModule):

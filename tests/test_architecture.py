@@ -17,12 +17,14 @@ ALLOWED = {
     "loggers": set(),
     "mesh": {"cache"},
     "nn": set(),
+    "fitting": set(),  # duck-typed over any model with a decoder: methods use it
     "metrics": set(),  # pure torchmetrics: no method, no dataset
     "data": {"cache", "mesh"},
-    "methods": {"mesh", "nn", "metrics"},
+    "methods": {"mesh", "nn", "metrics", "fitting"},
     "recipes": {"data", "methods", "resources"},
-    "zoo": {"cache", "mesh", "nn", "metrics", "data", "methods", "recipes", "resources", "__init__"},  # __version__
-    "cli": {"cache", "mesh", "nn", "metrics", "data", "methods", "recipes", "resources", "zoo", "loggers"},
+    "zoo": {"cache", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources",
+            "__init__"},  # __version__
+    "cli": {"cache", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources", "zoo", "loggers"},
     "__main__": {"cli"},
     "__init__": {"zoo"},
 }

@@ -34,8 +34,10 @@ class MeshSubset(Dataset):
     """The meshes of a collection at ``indices``. Fetches whole batches at once (``__getitems__``), which keeps reads
     from a memory-mapped array sequential-ish and avoids per-mesh Python overhead."""
 
-    def __init__(self, collection: MeshCollection, indices: np.ndarray) -> None:
+    def __init__(self, collection: MeshCollection, indices: np.ndarray,
+                 unlabelled: dict[str, np.ndarray] | None = None) -> None:
         self.collection, self.indices = collection, np.asarray(indices)
+        self.unlabelled = unlabelled or {}  # label name -> (N,) bool: served as -1 (unlabelled) where True
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -50,7 +52,10 @@ class MeshSubset(Dataset):
         vertices[order] = self.collection.vertices[index[order]]
         batch = {"vertices": torch.from_numpy(vertices), "index": torch.from_numpy(index)}
         for name, values in self.collection.labels.items():
-            batch[name] = torch.as_tensor(values[index])
+            values = values[index]
+            if name in self.unlabelled:
+                values = np.where(self.unlabelled[name][index], -1, values)
+            batch[name] = torch.as_tensor(values)
         if self.collection.neutral is not None and "identity" in self.collection.labels:
             batch["neutral"] = torch.from_numpy(self.collection.neutral[self.collection.labels["identity"][index]])
         return batch
@@ -72,6 +77,11 @@ class MeshDataModule(L.LightningDataModule):
         test_size: the ``random`` split's test meshes: a count (int) or a fraction (float).
         split_seed: the ``random`` split's seed.
         split_file: the ``file`` split's JSON file of mesh names.
+        expression_label_fraction: the fraction of training meshes that keep their ``expression`` label; the others
+            are served with label -1 (unlabelled), as in datasets whose expression labels are sparse (the decoupled
+            GAN's data: 7 %). Within each sequence (identity × expression) the most intense frames keep it where the
+            dataset has an ``intensity`` label (the peak frames, as the GAN paper labels BU-4DFE), a random
+            (``split_seed``) subset otherwise.
         batch_size: training batch size (evaluation uses the same).
         num_workers: DataLoader worker processes.
     """
@@ -85,10 +95,14 @@ class MeshDataModule(L.LightningDataModule):
         test_size: int | float = 0.1,
         split_seed: int = 0,
         split_file: str | None = None,
+        expression_label_fraction: float = 1.0,
         batch_size: int = 32,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= expression_label_fraction <= 1.0:
+            raise ValueError(f"expression_label_fraction must lie in [0, 1], got {expression_label_fraction}")
+        self.expression_label_fraction = expression_label_fraction
         self.split_arguments = {
             "protocol": split, "held_out_expression": held_out_expression,
             "held_out_sequences": None if held_out_sequences is None else list(held_out_sequences),
@@ -147,8 +161,39 @@ class MeshDataModule(L.LightningDataModule):
         return self._statistics[1]
 
     def subset(self, name: str) -> MeshSubset:
-        """The ``train``, ``val`` or ``test`` meshes."""
-        return MeshSubset(self.collection, self.split_indices[name])
+        """The ``train``, ``val`` or ``test`` meshes (training meshes with the expression labels kept only on
+        ``expression_label_fraction`` of them)."""
+        unlabelled = {"expression": self._expression_unlabelled} if name == "train" and \
+            self.expression_label_fraction < 1 and "expression" in self.collection.labels else None
+        return MeshSubset(self.collection, self.split_indices[name], unlabelled)
+
+    def training_labels(self, name: str) -> np.ndarray:
+        """The training split's ``name`` labels as training batches serve them (-1: unlabelled)."""
+        train = self.split_indices["train"]
+        if name not in self.collection.labels:
+            return np.full(len(train), -1)
+        unlabelled = self.subset("train").unlabelled.get(name)
+        labels = self.collection.labels[name][train]
+        return labels if unlabelled is None else np.where(unlabelled[train], -1, labels)
+
+    @cached_property
+    def _expression_unlabelled(self) -> np.ndarray:
+        """(N,) bool: the training meshes whose expression label is dropped (``expression_label_fraction``)."""
+        labels, train = self.collection.labels, np.sort(self.split_indices["train"])
+        keep = np.zeros(len(self.collection), bool)
+        sequence = labels.get("identity", np.zeros(len(self.collection), np.int64)) * (labels["expression"].max()
+                                                                                      + 1) + labels["expression"]
+        if "intensity" in labels:
+            priority = -labels["intensity"][train].astype(np.float64)
+        else:
+            priority = np.random.default_rng(self.split_arguments["split_seed"]).random(len(train))
+        order = np.lexsort((priority, sequence[train]))  # per sequence, most intense (or random) first
+        ranked = train[order]
+        _, start, counts = np.unique(sequence[ranked], return_index=True, return_counts=True)
+        rank = np.arange(len(ranked)) - np.repeat(start, counts)
+        kept = rank < np.ceil(self.expression_label_fraction * np.repeat(counts, counts))
+        keep[ranked[kept]] = True
+        return ~keep
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.subset(name), batch_size=self.batch_size, shuffle=shuffle,

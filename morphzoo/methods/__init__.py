@@ -2,6 +2,7 @@
 
 from morphzoo.methods.base import MorphableModel
 from morphzoo.methods.coma import CoMA
+from morphzoo.methods.decoupled_gan import DecoupledGAN
 from morphzoo.methods.deep3dmm import Deep3DMMSpectral, Deep3DMMSpiral
 from morphzoo.methods.ibvae import IBCVAE, IBVAE
 from morphzoo.methods.lamm import LAMM
@@ -9,5 +10,5 @@ from morphzoo.methods.neural3dmm import Neural3DMM
 from morphzoo.methods.pca import PCA, RegionPCA
 from morphzoo.methods.spiralnet import SpiralNetPlusPlus
 
-__all__ = ["CoMA", "Deep3DMMSpectral", "Deep3DMMSpiral", "IBCVAE", "IBVAE", "LAMM", "MorphableModel", "Neural3DMM",
-           "PCA", "RegionPCA", "SpiralNetPlusPlus"]
+__all__ = ["CoMA", "DecoupledGAN", "Deep3DMMSpectral", "Deep3DMMSpiral", "IBCVAE", "IBVAE", "LAMM", "MorphableModel",
+           "Neural3DMM", "PCA", "RegionPCA", "SpiralNetPlusPlus"]

@@ -41,6 +41,10 @@ class MorphableModel(L.LightningModule):
         std: (V, 3) per-vertex standard deviation of the training split, metres (linked from the DataModule).
     """
 
+    # A model whose latent distribution is its own fixed prior (a GAN's N(0, I), set in its constructor) sets this:
+    # ``fit_latent_distribution`` then refuses to replace it.
+    samples_from_prior = False
+
     def __init__(self, template: Template | None = None, mean: Tensor | None = None, std: Tensor | None = None):
         super().__init__()
         if template is None:
@@ -101,6 +105,12 @@ class MorphableModel(L.LightningModule):
         reconstruction = self.denormalise(self.decode_normalised(self.encode_normalised(self.normalise(vertices))))
         return reconstruction[0] if single else reconstruction
 
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one mesh's latent code (what ``encode`` returns for a (V, 3) mesh)."""
+        with torch.no_grad():
+            return tuple(self.encode(self.template_vertices).shape)
+
     def num_learned_values(self) -> int:
         """The model's size for tables and the registry: its trainable parameters. Closed-form models whose fitted
         values are buffers (PCA's components) add those."""
@@ -136,6 +146,9 @@ class MorphableModel(L.LightningModule):
         training split: a DataLoader of dict batches (``data.train_dataloader()``), an iterable of (B, V, 3) tensors,
         or one (N, V, 3) array in metres. The result is stored in buffers and saved with the model.
         """
+        if self.samples_from_prior:
+            raise TypeError(f"{type(self).__name__} samples from its own prior N(0, I); it has no latent distribution "
+                            "to fit")
         if isinstance(meshes, (Tensor, np.ndarray)):
             meshes = [meshes[start:start + batch_size] for start in range(0, len(meshes), batch_size)]
         was_training = self.training
@@ -156,12 +169,48 @@ class MorphableModel(L.LightningModule):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` random meshes (n, V, 3) in metres, decoded from the Gaussian of the training latents."""
+        """``n`` random meshes (n, V, 3) in metres, decoded from the Gaussian of the training latents (a GAN: its
+        prior)."""
+        self._require_latent_distribution()
+        noise = torch.randn(n, len(self.latent_mean), generator=generator, dtype=self.latent_mean.dtype)
+        return self.decode(self.latent_mean + noise.to(self.latent_mean.device) @ self.latent_cholesky.T)
+
+    def latent_factors(self) -> dict[str, slice]:
+        """The named parts of the latent code (``identity``, ``expression``, ...), for factorised sampling; empty for
+        a code without factors."""
+        return {}
+
+    @torch.no_grad()
+    def sample_sharing(self, factor: str, groups: int, per_group: int,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """Random meshes in ``groups`` groups of ``per_group`` that share the code of ``factor`` (e.g. the same
+        identity code under different expressions): the decoupled GAN's protocol for identity and expression
+        diversity and decoupling (Abrevaya et al. 2019, §5.3).
+
+        Each factor is drawn from its marginal in the latent Gaussian (a GAN: its prior): ``factor`` once per group,
+        every other factor afresh for each mesh; parts of the code outside :meth:`latent_factors` stay at the mean.
+
+        Returns:
+            (groups, per_group, V, 3) meshes in metres.
+        """
+        factors = self.latent_factors()
+        if factor not in factors:
+            raise ValueError(f"{type(self).__name__}: its codes have no {factor!r} part to share (factors: "
+                             f"{', '.join(factors) or 'none'})")
+        self._require_latent_distribution()
+        covariance = self.latent_cholesky @ self.latent_cholesky.T
+        latent = self.latent_mean.expand(groups, per_group, -1).clone()
+        for name, part in factors.items():
+            block = torch.linalg.cholesky(covariance[part, part])
+            draws = torch.randn(groups, 1 if name == factor else per_group, len(block), generator=generator,
+                                dtype=block.dtype).to(block.device)
+            latent[..., part] += draws @ block.T
+        return self.decode(latent.flatten(0, 1)).unflatten(0, (groups, per_group))
+
+    def _require_latent_distribution(self) -> None:
         if self.latent_mean.numel() == 0:
             raise RuntimeError(f"{type(self).__name__} has no latent distribution yet: call model."
                                "fit_latent_distribution(data.train_dataloader()) once (it is saved with the model)")
-        noise = torch.randn(n, len(self.latent_mean), generator=generator, dtype=self.latent_mean.dtype)
-        return self.decode(self.latent_mean + noise.to(self.latent_mean.device) @ self.latent_cholesky.T)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         # The latent Gaussian's size is only known once fitted: take it from the checkpoint. Checkpoints written

@@ -184,6 +184,11 @@ class IBVAE(MorphableModel):
     def decode_identity_normalised(self, identity: Tensor) -> Tensor:
         return self.identity_decoder(identity).view(len(identity), self.num_vertices, 3)
 
+    def latent_factors(self) -> dict[str, slice]:
+        """z_id and z_exp (for the IB-CVAE the label follows z_exp and stays at its mean when sampling by factor)."""
+        return {"identity": slice(0, self.identity_dim),
+                "expression": slice(self.identity_dim, self.identity_dim + self.expression_dim)}
+
     def split_latent(self, latent: Tensor) -> tuple[Tensor, Tensor]:
         """(z_id, the rest): the identity code and the expression code (and, for the IB-CVAE, its label)."""
         return latent[..., : self.identity_dim], latent[..., self.identity_dim:]
