@@ -44,7 +44,7 @@ def optimise_latent(decode: Callable[[Tensor], Tensor], targets: Tensor, initial
     if steps < 0:
         raise ValueError(f"fitting steps must be non-negative, got {steps}")
     with torch.inference_mode(False), torch.enable_grad():
-        targets = targets.clone()  # a tensor made in inference mode cannot enter autograd; its clone can
+        targets = targets.detach().clone()  # an inference-mode tensor cannot enter autograd; its clone can
         codes = initial.clone().requires_grad_(True)
         optimiser = torch.optim.Adam([codes], lr=learning_rate)
         for _ in range(steps):

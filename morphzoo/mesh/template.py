@@ -20,6 +20,7 @@ class Template:
         region_names: names of the region labels 0..K-1.
         uv: optional (T, 2) texture coordinates and ``uv_faces`` (F, 3) indexing them per face corner, as in OBJ files
             (a UV layout with seams has more texture coordinates than vertices).
+        landmarks: optional (K,) vertex indices of sparse landmarks (for landmark fitting, e.g. anny-face's 85).
         name: a human-readable name.
     """
 
@@ -29,6 +30,7 @@ class Template:
     region_names: tuple[str, ...] = ()
     uv: np.ndarray | None = None
     uv_faces: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
     name: str = "template"
     _fingerprint: str = field(default="", init=False, repr=False)
 
@@ -53,6 +55,11 @@ class Template:
         if (self.uv is None) != (self.uv_faces is None):
             raise ValueError(f"Template '{self.name}': give both uv and uv_faces, or neither")
         object.__setattr__(self, "region_names", tuple(self.region_names))
+        if self.landmarks is not None:
+            landmarks = np.asarray(self.landmarks, dtype=np.int64)
+            if landmarks.ndim != 1 or (landmarks.size and (landmarks.min() < 0 or landmarks.max() >= len(vertices))):
+                raise ValueError(f"Template '{self.name}': landmarks must be vertex indices in [0, {len(vertices)})")
+            object.__setattr__(self, "landmarks", landmarks)
 
     @property
     def num_vertices(self) -> int:
@@ -94,6 +101,8 @@ class Template:
         if self.uv is not None:
             arrays["uv"] = self.uv
             arrays["uv_faces"] = self.uv_faces
+        if self.landmarks is not None:
+            arrays["landmarks"] = self.landmarks
         return arrays
 
     @classmethod
@@ -105,5 +114,6 @@ class Template:
             region_names=tuple(str(n) for n in arrays.get("region_names", ())),
             uv=arrays.get("uv"),
             uv_faces=arrays.get("uv_faces"),
+            landmarks=arrays.get("landmarks"),
             name=str(arrays.get("name", "template")),
         )

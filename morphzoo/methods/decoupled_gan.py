@@ -15,8 +15,9 @@ The paper, section by section, and what this file does:
 - **§4.3 Losses.** The critic maximises :math:`\mathcal L_D = \mathcal L_{GAN} + \lambda_C(\mathcal L_{ID} +
   \mathcal L_{EXP})` (Eq. 6) with WGAN-GP's gradient penalty (:func:`gradient_penalty`, λ = 10); the classification
   losses use labelled real meshes only (Eq. 7). The generator minimises
-  :math:`\mathcal L_G = \lambda_1 \mathcal L_{GAN} - \lambda_2(\mathcal L_{CL}^{id} + \mathcal L_{CL}^{exp}) + \lambda_3(\mathcal L_{FEAT}^{id} + \mathcal L_{FEAT}^{exp})
-  + \lambda_4 \lVert \mathbf L \mathbf v \rVert^2` (Eq. 8-12). One code per label is drawn once and fixed
+  :math:`\mathcal L_G = \lambda_1 \mathcal L_{GAN} - \lambda_2(\mathcal L_{CL}^{id} + \mathcal L_{CL}^{exp})
+  + \lambda_3(\mathcal L_{FEAT}^{id} + \mathcal L_{FEAT}^{exp}) + \lambda_4 \lVert \mathbf L \mathbf v \rVert^2`
+  (Eq. 8-12). One code per label is drawn once and fixed
   (:math:`\mathcal T^{id}, \mathcal T^{exp}`; buffers ``identity_codes``, ``expression_codes``). Generator steps
   alternate between labelled identity codes with random expression codes (identity classification; the expression
   feature loss on pairs sharing an expression code) and the converse.
@@ -285,9 +286,10 @@ class DecoupledGAN(MorphableModel):
             labels = data.training_labels(factor)
             labels = labels[labels >= 0]
             if len(labels) and labels.max() >= len(weight):
+                setting = {"identity": "identities", "expression": "expressions"}[factor]
                 raise ValueError(f"DecoupledGAN: the data has {factor} labels up to {labels.max()}, but the model "
-                                 f"has {len(weight)} {factor} classes: set model.init_args.{factor}"
-                                 f"{'ies' if factor == 'identity' else 's'} to at least {labels.max() + 1}")
+                                 f"has {len(weight)} {factor} classes: set model.init_args.{setting} to at least "
+                                 f"{labels.max() + 1}")
             counts = torch.as_tensor(np.bincount(labels, minlength=len(weight)), dtype=weight.dtype)
             balanced = torch.where(counts > 0, 1 / counts.clamp_min(1), torch.zeros_like(counts))
             if balanced.sum() > 0:

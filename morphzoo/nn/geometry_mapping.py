@@ -15,8 +15,8 @@ class GeometryMapping(nn.Module):
 
     for each pixel :math:`p`, with :math:`i_{p,\cdot}` the vertices of the UV triangle containing the pixel centre
     and :math:`w_{p,\cdot}` its barycentric coordinates (:math:`I^U, I^V, 1 - I^U - I^V` of the paper); background
-    pixels have zero weights. A gather and a weighted sum: linear, differentiable, on any device. The indices and
-    weights come from :func:`morphzoo.mesh.geometry_image.geometry_image_gather` and are not saved with a model (they
+    pixels have zero weights. One sparse (n², V) matrix product: linear, differentiable, on any device. The indices
+    and weights come from :func:`morphzoo.mesh.geometry_image.geometry_image_gather` and are not saved with a model (they
     are rebuilt from its template).
 
     Args:
@@ -35,10 +35,18 @@ class GeometryMapping(nn.Module):
             raise ValueError(f"GeometryMapping: index and weight must both be (n², 3), got {tuple(index.shape)} and "
                              f"{tuple(weight.shape)}")
         self.size = size
-        self.register_buffer("index", index, persistent=False)
-        self.register_buffer("weight", weight, persistent=False)
+        rows = torch.arange(len(index)).repeat_interleave(3)
+        matrix = torch.sparse_coo_tensor(torch.stack([rows, index.reshape(-1)]), weight.reshape(-1),
+                                         (len(index), int(index.max()) + 1), check_invariants=True).coalesce()
+        self.register_buffer("matrix", matrix, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        gathered = x[:, self.index]  # (B, n², 3, C)
-        image = (gathered * self.weight[..., None].to(x.dtype)).sum(2)  # (B, n², C)
-        return image.transpose(1, 2).reshape(len(x), x.shape[-1], self.size, self.size)
+        batch, vertices, channels = x.shape
+        if vertices < self.matrix.shape[1]:
+            raise ValueError(f"GeometryMapping: the UV map uses vertex {self.matrix.shape[1] - 1}, the input has "
+                             f"{vertices} vertices")
+        matrix = self.matrix if vertices == self.matrix.shape[1] else torch.sparse_coo_tensor(
+            self.matrix.indices(), self.matrix.values(), (self.matrix.shape[0], vertices), check_invariants=False)
+        columns = x.permute(1, 0, 2).reshape(vertices, batch * channels)  # (V, B·C)
+        image = torch.sparse.mm(matrix.to(x.dtype), columns)  # (n², B·C)
+        return image.view(self.size, self.size, batch, channels).permute(2, 3, 0, 1)

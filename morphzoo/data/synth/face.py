@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -231,6 +231,17 @@ def _semantic_regions(labels: list[str], response: np.ndarray) -> tuple[np.ndarr
     return regions, (*names, REST_REGION)
 
 
+# 85 sparse landmarks over the face's outer skin (the decoupled GAN's Table 2 count), chosen once by
+# scripts/choose_anny_face_landmarks.py (farthest-point sampling over forward-facing facial vertices).
+LANDMARKS = (
+    1409, 1909, 3043, 679, 2401, 262, 1579, 3709, 2776, 975, 1351, 1507, 3629, 693, 776, 2995, 923, 97, 3481,
+    1613,              2493, 707, 2326, 3594, 183, 2807, 714, 486, 927, 184, 3657, 1655, 870, 2948, 176, 2780,
+    683, 2359,              3587, 1570, 3741, 228, 3422, 2458, 2370, 2584, 257, 1584, 3642, 729, 1659, 250,
+    1231, 3299, 4182, 1910,              285, 3632, 3743, 2368, 2384, 2395, 2793, 698, 3956, 198, 82, 704, 1620,
+    2280, 251, 247, 2378, 3570,              1706, 2928, 1643, 1533, 3730, 2144, 226, 1580, 2821, 2418, 2387,
+)
+
+
 def _build_template_arrays() -> dict[str, np.ndarray]:
     model = _head_model()
     phenotypes = np.array([[TEMPLATE_PHENOTYPES[name] for name in model.phenotype_labels]])
@@ -245,9 +256,11 @@ def _build_template_arrays() -> dict[str, np.ndarray]:
 
 
 def anny_face_template() -> Template:
-    """The anny head template: the mean adult face, semantic regions and the head mesh's UV layout (disk-cached)."""
+    """The anny head template: the mean adult face, semantic regions, the head mesh's UV layout (disk-cached) and the
+    85 :data:`LANDMARKS`."""
     key = content_hash("anny-face-template", GENERATOR_VERSION, package_version("anny"))
-    return Template.from_arrays(cached_arrays("templates", key, _build_template_arrays))
+    arrays = cached_arrays("templates", key, _build_template_arrays)
+    return Template.from_arrays({**arrays, "landmarks": np.array(LANDMARKS)})
 
 
 def _draw(rng: np.random.Generator, distribution: tuple[str, float, float]) -> float:
@@ -368,4 +381,6 @@ def load_anny_face(size: str = "small", seed: int = 0) -> MeshCollection:
     """The anny-face dataset from morphzoo's cache (memory-mapped), generated and stored atomically on first use."""
     preset = choose_preset(PRESETS, size, "anny-face")
     key = (GENERATOR_VERSION, asdict(preset), seed, package_version("anny"))
-    return cached_collection(f"anny-face-{size}", key, lambda _: generate_anny_face(size, seed))
+    collection = cached_collection(f"anny-face-{size}", key, lambda _: generate_anny_face(size, seed))
+    # the landmarks are annotations, not generated data: attached on load, so older cache entries get them too
+    return replace(collection, template=replace(collection.template, landmarks=np.array(LANDMARKS)))
