@@ -16,8 +16,8 @@ class GeometryMapping(nn.Module):
     for each pixel :math:`p`, with :math:`i_{p,\cdot}` the vertices of the UV triangle containing the pixel centre
     and :math:`w_{p,\cdot}` its barycentric coordinates (:math:`I^U, I^V, 1 - I^U - I^V` of the paper); background
     pixels have zero weights. One sparse (n², V) matrix product: linear, differentiable, on any device. The indices
-    and weights come from :func:`morphzoo.mesh.geometry_image.geometry_image_gather` and are not saved with a model (they
-    are rebuilt from its template).
+    and weights come from :func:`morphzoo.mesh.geometry_image.geometry_image_gather` and are not saved with a model
+    (they are rebuilt from its template).
 
     Args:
         index: (n², 3) int vertex indices per pixel (row-major, row 0 at the top).

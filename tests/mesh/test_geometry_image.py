@@ -5,8 +5,13 @@ import pytest
 import scipy.spatial
 import torch
 
-from morphzoo.mesh.geometry_image import (cotangent_laplacian, geometry_image_gather, geometry_image_matrix,
-                                          harmonic_uv, pixel_centres)
+from morphzoo.mesh.geometry_image import (
+    cotangent_laplacian,
+    geometry_image_gather,
+    geometry_image_matrix,
+    harmonic_uv,
+    pixel_centres,
+)
 from morphzoo.mesh.template import Template
 from morphzoo.nn.geometry_mapping import GeometryMapping
 from tests.synthetic import sphere_template
