@@ -1,12 +1,15 @@
 """``evaluate_model``: every applicable metric for a model on its dataset, in one call."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from morphzoo.methods import SpiralNetPlusPlus
+from morphzoo.methods import PCA, SpiralNetPlusPlus
 from morphzoo.metrics import VertexError
 from morphzoo.zoo import evaluate_model
+from morphzoo.zoo.evaluate import landmark_fitting_errors, middle_frames
 from tests.synthetic import SphereDataModule
 
 
@@ -70,3 +73,31 @@ def test_mesh_quality_counts_self_intersections_of_data_and_reconstructions(data
     row = evaluate_model(model_for(data), data, samples=0, intersection_meshes=10)
     assert row["mesh_quality/self_intersections_data"] == 0  # deformed spheres do not cross themselves
     assert "mesh_quality/self_intersections_reconstruction" in row
+
+
+def test_middle_frames_pick_one_frame_per_test_sequence(data):
+    chosen = middle_frames(data)
+    labels = data.collection.labels
+    sequences = {(labels["identity"][i], labels["expression"][i]) for i in data.split_indices["test"]}
+    assert len(chosen) == len(sequences) and set(chosen) <= set(data.split_indices["test"])
+    for index in chosen:
+        same = [i for i in data.split_indices["test"] if (labels["identity"][i], labels["expression"][i])
+                == (labels["identity"][index], labels["expression"][index])]
+        frames = sorted(labels["frame"][same])
+        assert labels["frame"][index] == frames[len(frames) // 2]
+
+
+def test_landmark_fitting_errors_fit_the_landmarks_of_the_test_meshes(data):
+    model = PCA(template=data.template, mean=data.mean, std=data.std, latent_dim=6)
+    with pytest.raises(ValueError, match="needs landmarks on the template"):
+        landmark_fitting_errors(model, data)
+    model.fit(data.collection.vertices[data.split_indices["train"]])
+    landmarked = SphereDataModule(identities=3, expressions=3, frames=40)
+    collection = landmarked.collection
+    landmarked.collection = dataclasses.replace(
+        collection, template=dataclasses.replace(collection.template, landmarks=np.arange(0, 640, 8)))
+    errors = landmark_fitting_errors(model, landmarked, prior_weights=(0.0, 1e6), steps=300)
+    mean_error = np.sqrt(((np.asarray(collection.vertices[landmarked.split_indices["test"]])
+                           - data.mean.numpy()) ** 2).sum(-1).mean()) * 1000
+    assert errors["landmark_fit/lambda_0/rmse_mm"] < 0.5 * mean_error  # fitting beats the mean face
+    assert errors["landmark_fit/lambda_1e+06/rmse_mm"] > errors["landmark_fit/lambda_0/rmse_mm"]  # λ pulls to it
