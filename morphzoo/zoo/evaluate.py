@@ -80,7 +80,28 @@ def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1
             diversity.update(chunk)
         results["generation/specificity_mm"] = float(specificity.compute()["mean"])
         results["generation/diversity_mm"] = float(diversity.compute()["mean"])
+        if {"identity", "expression"} <= set(model.latent_factors()):
+            results.update(factorised_diversity(model, pairs, seed))
     results.update(data_diversity(data, pairs, seed))
+    return results
+
+
+FACTOR_GROUPS, FACTOR_GROUP_SIZE = 100, 101  # the GAN paper's n = 100 codes, each with m = 100 more samples
+
+
+@torch.no_grad()
+def factorised_diversity(model: MorphableModel, pairs: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """The decoupled GAN's identity and expression diversity (§5.3): the diversity of samples that share an identity
+    code (their expressions vary) and of samples that share an expression code, for a model whose code has
+    ``identity`` and ``expression`` parts (:meth:`~morphzoo.methods.base.MorphableModel.sample_sharing`, 100 groups
+    of 101 samples, ``pairs`` random pairs within groups)."""
+    results = {}
+    for factor in ("identity", "expression"):
+        generator = torch.Generator().manual_seed(seed)
+        meshes = model.sample_sharing(factor, FACTOR_GROUPS, FACTOR_GROUP_SIZE, generator).cpu()
+        metric = Diversity(pairs=pairs, seed=seed)
+        metric.update(meshes.flatten(0, 1), torch.arange(FACTOR_GROUPS).repeat_interleave(FACTOR_GROUP_SIZE))
+        results[f"generation/diversity_same_{factor}_code_mm"] = float(metric.compute()["mean"])
     return results
 
 

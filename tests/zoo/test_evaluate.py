@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from morphzoo.methods import PCA, SpiralNetPlusPlus
+from morphzoo.methods import PCA, DecoupledGAN, SpiralNetPlusPlus
 from morphzoo.metrics import VertexError
 from morphzoo.zoo import evaluate_model
-from morphzoo.zoo.evaluate import landmark_fitting_errors, middle_frames
+from morphzoo.zoo.evaluate import factorised_diversity, landmark_fitting_errors, middle_frames
 from tests.synthetic import SphereDataModule
 
 
@@ -101,3 +101,16 @@ def test_landmark_fitting_errors_fit_the_landmarks_of_the_test_meshes(data):
                            - data.mean.numpy()) ** 2).sum(-1).mean()) * 1000
     assert errors["landmark_fit/lambda_0/rmse_mm"] < 0.5 * mean_error  # fitting beats the mean face
     assert errors["landmark_fit/lambda_1e+06/rmse_mm"] > errors["landmark_fit/lambda_0/rmse_mm"]  # λ pulls to it
+
+
+def test_factorised_models_report_identity_and_expression_diversity():
+    data = SphereDataModule(frames=8, open_cap=True)
+    torch.manual_seed(0)
+    gan = DecoupledGAN(template=data.template, mean=data.mean, std=data.std, identities=3, expressions=3,
+                       identity_dim=4, expression_dim=3, noise_dim=2, hidden=32, image_size=16).eval()
+    with torch.no_grad():  # make the generator ignore the expression code: sharing the identity code = same mesh
+        gan.generator[0].weight[:, gan.latent_factors()["expression"]] = 0
+        gan.generator[0].weight[:, gan.latent_factors()["noise"]] = 0
+    row = factorised_diversity(gan, pairs=500)
+    assert row["generation/diversity_same_identity_code_mm"] < 1e-4
+    assert row["generation/diversity_same_expression_code_mm"] > 0.1
