@@ -87,3 +87,24 @@ def test_wrong_vertex_count_and_nan_are_rejected(collection):
         template.check_vertices(bad, "mesh 7")
     with pytest.raises(ValueError, match="face indices"):
         Template(vertices=np.zeros((3, 3)), faces=np.array([[0, 1, 3]]))
+
+
+def test_expression_label_fraction_keeps_the_most_intense_frames_of_each_training_sequence():
+    data = SphereDataModule(frames=20, expression_label_fraction=0.25)
+    served = data.training_labels("expression")
+    train = data.split_indices["train"]
+    labels = data.collection.labels
+    assert (served[served >= 0] == labels["expression"][train][served >= 0]).all()
+    for identity in range(3):
+        for expression in range(3):
+            members = (labels["identity"][train] == identity) & (labels["expression"][train] == expression)
+            kept = members & (served >= 0)
+            assert kept.sum() == np.ceil(0.25 * members.sum())
+            # every kept frame is at least as intense as every dropped one
+            assert labels["intensity"][train][kept].min() >= labels["intensity"][train][members & ~kept].max()
+    batch = next(iter(data.train_dataloader()))
+    assert (batch["expression"] == -1).any() and (batch["identity"] >= 0).all()
+    test_batch = next(iter(data.test_dataloader()))
+    assert (test_batch["expression"] >= 0).all()  # evaluation keeps every label
+    with pytest.raises(ValueError, match=r"expression_label_fraction must lie in \[0, 1\]"):
+        SphereDataModule(expression_label_fraction=1.5)
