@@ -2,6 +2,7 @@
 
 from morphzoo.metrics.alignment import similarity_procrustes
 from morphzoo.metrics.compactness import Compactness, PCAGeneralisation
+from morphzoo.metrics.decoupling import Decoupling, choose_threshold
 from morphzoo.metrics.disentanglement import DisentanglementError, JiangDisentanglementError
 from morphzoo.metrics.diversity import Diversity
 from morphzoo.metrics.manipulation import ManipulationError
@@ -10,8 +11,8 @@ from morphzoo.metrics.specificity import Specificity
 from morphzoo.metrics.vertex_error import VertexError
 
 __all__ = [
-    "Compactness", "DisentanglementError", "Diversity", "JiangDisentanglementError", "ManipulationError",
-    "PCAGeneralisation", "SelfIntersections", "Specificity", "VertexError", "self_intersecting_faces",
-    "similarity_procrustes",
+    "Compactness", "Decoupling", "DisentanglementError", "Diversity", "JiangDisentanglementError", "ManipulationError",
+    "PCAGeneralisation", "SelfIntersections", "Specificity", "VertexError", "choose_threshold",
+    "self_intersecting_faces", "similarity_procrustes",
 ]
 

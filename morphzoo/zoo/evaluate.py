@@ -10,6 +10,10 @@
   aligned onto the prediction from its neutral face, which is added for that, where the dataset has neutral faces);
   and the **neutral face error** (IB-VAE Table 2, "ne"): :class:`VertexError` of the predicted neutral faces against
   the true ones;
+- **decoupling** (models whose code has identity and expression parts, the decoupled GAN and IB-VAE; datasets with
+  both labels whose test split has pairs): Dec-Id / Dec-Exp of the decoupled GAN's §5.3 (Table 1), n = m = 100
+  (:func:`~morphzoo.zoo.embedding.decoupling_scores`; the embedding networks are trained once per dataset and
+  cached, a few minutes on anny-face small), and the identity / expression diversity of samples sharing a code;
 - **mesh quality** (all models): self-intersecting faces per mesh (:class:`SelfIntersections`, IB-VAE §4.4) of the
   reconstructions and of the true meshes, on a seeded subset of at most ``intersection_meshes`` test meshes (a count of
   faces, not mm);
@@ -34,6 +38,7 @@ from morphzoo.metrics.diversity import Diversity
 from morphzoo.metrics.self_intersection import SelfIntersections
 from morphzoo.metrics.specificity import Specificity
 from morphzoo.metrics.vertex_error import VertexError
+from morphzoo.zoo.embedding import decoupling_scores, decoupling_unavailable
 
 
 def _batches(subset: MeshSubset, batch_size: int) -> DataLoader:
@@ -42,7 +47,8 @@ def _batches(subset: MeshSubset, batch_size: int) -> DataLoader:
 
 @torch.no_grad()
 def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1000, pairs: int = 10_000,
-                   seed: int = 0, batch_size: int = 64, intersection_meshes: int = 200) -> dict[str, float]:
+                   seed: int = 0, batch_size: int = 64, intersection_meshes: int = 200,
+                   decoupling_samples: int = 100) -> dict[str, float]:
     """Compute every applicable metric (see the module docstring); returns ``{"group/metric": value}`` in mm.
 
     Args:
@@ -53,6 +59,7 @@ def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1
         seed: seeds sampling, pair drawing and the self-intersection subset.
         batch_size: meshes per forward pass.
         intersection_meshes: test meshes (a seeded subset) whose self-intersections are counted; 0 skips it.
+        decoupling_samples: n = m of the decoupling protocol (the paper's 100); 0 skips it.
     """
     model.eval()
     results: dict[str, float] = {}
@@ -82,6 +89,9 @@ def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1
         results["generation/diversity_mm"] = float(diversity.compute()["mean"])
         if {"identity", "expression"} <= set(model.latent_factors()):
             results.update(factorised_diversity(model, pairs, seed))
+            if decoupling_samples > 0 and decoupling_unavailable(data) is None:
+                results.update(decoupling_scores(model.sample_sharing, data, n=decoupling_samples,
+                                                 m=decoupling_samples, seed=seed))
     results.update(data_diversity(data, pairs, seed))
     return results
 
