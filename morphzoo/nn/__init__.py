@@ -9,6 +9,6 @@ from morphzoo.nn.pooling import Downsample, Upsample
 from morphzoo.nn.spiralconv import SpiralConv
 from morphzoo.nn.transformer import MixerBlock, TokenBackbone, TransformerBlock
 
-__all__ = ["ChebConv", "Downsample", "FeatureAggregation", "GeometryMapping", "MeshEmbeddingNet", "MixerBlock", "OffsetAttention",
-           "PointCloudTransformer", "SampleAndGroup", "SparseMapping", "SpiralConv", "TokenBackbone",
+__all__ = ["ChebConv", "Downsample", "FeatureAggregation", "GeometryMapping", "MeshEmbeddingNet", "MixerBlock",
+           "OffsetAttention", "PointCloudTransformer", "SampleAndGroup", "SparseMapping", "SpiralConv", "TokenBackbone",
            "TransformerBlock", "Upsample", "farthest_point_sampling", "knn", "semi_hard_triplet_loss", "vertex_normals"]
