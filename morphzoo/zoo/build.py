@@ -4,8 +4,8 @@ Steps, all recorded in the entry so anyone can rebuild it:
 
 1. train the entry's ``recipe`` with its ``build.seed`` and ``build.overrides`` (``morphzoo fit`` arguments: data
    preset, epochs), checkpoints selected on the validation split (the recipe's ``ModelCheckpoint``);
-2. reload the best-validation checkpoint and fit the Gaussian of its training latents (so ``sample`` works out of the
-   box, as :meth:`~morphzoo.methods.base.MorphableModel.fit_latent_distribution` describes);
+2. reload the best-validation checkpoint and fit the Gaussian of its training latents (a GAN keeps its prior), so
+   ``sample`` works out of the box (as :meth:`~morphzoo.methods.base.MorphableModel.fit_latent_distribution` describes);
 3. export it in float16 and load that export back: the evaluated model is exactly the shipped one (loading
    switches it to its inference form, e.g. Deep3DMM's materialised sampling);
 4. evaluate it once on the test split with :func:`morphzoo.zoo.evaluate.evaluate_model`;
@@ -89,7 +89,8 @@ def build_entry(name: str, registry: str | Path | None = None, samples: int = 10
         epochs = int(cli.trainer.current_epoch) if from_checkpoint is None else int(checkpoint["epoch"]) + 1
         model = cli.model.cpu()
         model.load_state_dict(checkpoint["state_dict"])
-        model.fit_latent_distribution(cli.datamodule.train_dataloader())
+        if not model.samples_from_prior:  # a GAN samples from its own prior
+            model.fit_latent_distribution(cli.datamodule.train_dataloader())
         # The shipped folder holds the trained form; the evaluated model is that folder loaded back (in inference form).
         folder = write_checkpoint(model, work / entry.name, fp16=True,
                                   extra={"name": entry.name, "recipe": entry.recipe, "dataset": entry.dataset})
