@@ -29,7 +29,8 @@ def no_network(monkeypatch):
 def test_the_zoo_bundles_every_method_on_anny_face():
     methods = {REGISTRY.entries[name].class_path for name in BUNDLED if name.endswith("anny-face")}
     assert {f"morphzoo.methods.{name}" for name in ("PCA", "RegionPCA", "CoMA", "SpiralNetPlusPlus", "Neural3DMM",
-                                                     "Deep3DMMSpectral", "Deep3DMMSpiral", "LAMM")} <= methods
+                                                     "Deep3DMMSpectral", "Deep3DMMSpiral", "LAMM", "IBVAE",
+                                                     "DecoupledGAN")} <= methods
 
 
 @pytest.mark.slow
