@@ -216,7 +216,8 @@ def test_readme_table_check_detects_staleness(tmp_path, bundled):
 
 def test_bundled_zoo_stays_under_90_mb():
     # The wheel carries the zoo. The two IB-VAE entries are ~18 MB each in float16: their MLP decoders map 256 hidden
-    # units to 3V = 12,600 outputs (the paper's design), twice; the decoupled GAN's generator maps 512 to 12,600 (14 MB).
+    # units to 3V = 12,600 outputs (the paper's design), twice; the decoupled GAN's generator maps 512 to 12,600
+    # (14 MB).
     total = sum(f.stat().st_size for f in (ROOT / "zoo").rglob("*") if f.is_file()) if (ROOT / "zoo").exists() else 0
     assert total < 90e6
 
