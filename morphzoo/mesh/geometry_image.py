@@ -17,6 +17,8 @@ UV sources:
   square's perimeter by arc length, the interior by a harmonic map (libigl's ``harmonic`` with cotangent weights), so
   the face uses the whole image. Needs a template with a boundary (a disk-like surface).
 
+``"auto"`` is the template's own UVs where it has them, the harmonic map otherwise.
+
 Pixels that no UV triangle covers (between an atlas's charts) are background: their rows are empty (value 0).
 """
 
@@ -32,7 +34,7 @@ from morphzoo.mesh.template import Template
 
 GEOMETRY_IMAGE_VERSION = 1
 """Bump when the algorithm changes: cached matrices of older versions are then recomputed."""
-UV_SOURCES = ("template", "harmonic")
+UV_SOURCES = ("template", "harmonic", "auto")
 # A pixel counts as inside a triangle down to this (negative) barycentric coordinate: edges shared by two triangles
 # must not leave cracks to rounding.
 INSIDE_TOLERANCE = -1e-9
@@ -132,6 +134,8 @@ def geometry_image_matrix(template: Template, size: int = 64, uv_source: str = "
     row 0 at the top); at most three non-zeros per row, each row summing to 1 (or empty: background). Cached."""
     if size < 1:
         raise ValueError(f"geometry image size must be positive, got {size}")
+    if uv_source == "auto":  # resolved first, so that equal maps share one cache entry
+        uv_source = "template" if template.uv is not None else "harmonic"
     key = content_hash("geometry-image", GEOMETRY_IMAGE_VERSION, template.geometry_hash(), size, uv_source,
                        template.uv, template.uv_faces)
 

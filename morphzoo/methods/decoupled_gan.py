@@ -213,8 +213,7 @@ class DecoupledGAN(MorphableModel):
                                        nn.Linear(hidden, 3 * self.num_vertices))
         self.discriminator = GeometryImageDiscriminator(identities, expressions if classify_expression else 0,
                                                         image_size)
-        source = ("template" if self.template.uv is not None else "harmonic") if uv_source == "auto" else uv_source
-        self.mapping = GeometryMapping(*geometry_image_gather(self.template, image_size, source))
+        self.mapping = GeometryMapping(*geometry_image_gather(self.template, image_size, uv_source))
         self.register_buffer("laplacian", sparse_to_torch(cotangent_laplacian(self.template)), persistent=False)
         # The prior N(0, I) is the latent distribution `sample` draws from.
         self.latent_mean = torch.zeros(latent_dim)

@@ -206,7 +206,7 @@ def check_factor(data: MeshDataModule, factor: str) -> None:
 def geometry_image(template: Template, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The template's geometry image (gather form): its own UVs where it has them, else a harmonic map, which needs a
     boundary (:func:`~morphzoo.mesh.geometry_image.geometry_image_gather`; ValueError otherwise)."""
-    return geometry_image_gather(template, size, "template" if template.uv is not None else "harmonic")
+    return geometry_image_gather(template, size, "auto")
 
 
 def decoupling_unavailable(data: MeshDataModule) -> str | None:

@@ -217,9 +217,9 @@ def middle_frames(data: MeshDataModule, split: str = "test") -> np.ndarray:
     labels = data.collection.labels
     order = labels["frame"][indices] if "frame" in labels else np.arange(len(indices))
     sequence = labels["identity"][indices] * (labels["expression"].max() + 1) + labels["expression"][indices]
-    ranked = indices[np.lexsort((order, sequence))]
-    _, start, counts = np.unique(sequence[np.lexsort((order, sequence))], return_index=True, return_counts=True)
-    return np.sort(ranked[start + counts // 2])
+    ranking = np.lexsort((order, sequence))  # by sequence, then frame
+    _, start, counts = np.unique(sequence[ranking], return_index=True, return_counts=True)
+    return np.sort(indices[ranking][start + counts // 2])
 
 
 def landmark_fitting_errors(model: MorphableModel, data: MeshDataModule, prior_weights=(0.0, 1e-3, 1e-2),
