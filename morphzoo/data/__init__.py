@@ -5,6 +5,7 @@ from morphzoo.data.anny import (
     AnnyBU3DFEDataModule,
     AnnyFaceDataModule,
     AnnyHandDataModule,
+    AnnyHeadsDataModule,
     load_anny_dataset,
 )
 from morphzoo.data.base import MeshDataModule, MeshSubset
@@ -15,10 +16,11 @@ from morphzoo.data.dfaust import DFAUSTDataModule
 from morphzoo.data.export import FORMATS, export_collection
 from morphzoo.data.folder import MeshFolderDataModule, SynHandDataModule
 from morphzoo.data.splits import PROTOCOLS, split_indices
+from morphzoo.data.uhm import UHMDataModule
 
 __all__ = [
     "FORMATS", "PROTOCOLS", "AnnyBU3DFEDataModule", "AnnyBodyDataModule", "AnnyFaceDataModule", "AnnyHandDataModule",
-    "BU3DFEDataModule", "CoMADataModule", "DFAUSTDataModule", "MeshCollection", "MeshDataModule",
-    "MeshFolderDataModule", "MeshSubset", "SynHandDataModule", "export_collection", "load_anny_dataset",
-    "split_indices",
+    "AnnyHeadsDataModule", "BU3DFEDataModule", "CoMADataModule", "DFAUSTDataModule", "MeshCollection", "MeshDataModule",
+    "MeshFolderDataModule", "MeshSubset", "SynHandDataModule", "UHMDataModule", "export_collection",
+    "load_anny_dataset", "split_indices",
 ]

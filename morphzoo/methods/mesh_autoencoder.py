@@ -118,7 +118,11 @@ class MeshAutoencoder(MorphableModel):
         return self.encoder_linear(x.flatten(1))
 
     def decode_normalised(self, latent: Tensor) -> Tensor:
-        x = self.decoder_linear(latent).view(len(latent), self.level_sizes[-1], self.decoder_channels[0])
+        return self.decode_coarsest(
+            self.decoder_linear(latent).view(len(latent), self.level_sizes[-1], self.decoder_channels[0]))
+
+    def decode_coarsest(self, x: Tensor) -> Tensor:
+        """The decoder after its linear layer: (B, V_coarsest, C) features -> (B, V, 3) standardised coordinates."""
         for conv, up in zip(self.decoder_convs, reversed(self.up), strict=True):
             x = self.activation(conv(up(x)))
         return self.output_conv(x)

@@ -32,6 +32,7 @@ TINY = {
                      "hidden": 32, "image_size": 16, "fit_steps": 100},
     "IBCVAE": {**IBVAE_TINY, "expressions": 6, "levels": 4},
     "IBVAE": IBVAE_TINY,
+    "LocallyWeightedAutoencoder": {**LEVELS, "decoder_channels": (8, 8, 8), "cheb_order": 3, "parts": 2},
     "Neural3DMM": {**LEVELS, "decoder_channels": (8, 8, 8), "spiral_rings": (1, 1), "spiral_dilation": (1, 1)},
     "PCA": {"latent_dim": 4},
     "RegionPCA": {"latent_dim": 6, "regions": [vertex % 3 for vertex in range(VERTICES)]},
