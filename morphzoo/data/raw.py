@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from morphzoo.data.collection import MeshCollection, cached_collection
-from morphzoo.mesh.io import read_mesh, read_template
+from morphzoo.mesh.io import read_mesh, read_polygon_mesh, read_template
 from morphzoo.mesh.template import Template
 
 READER_VERSION = 1  # bump when a reader's output changes: it is part of every cache key
@@ -26,7 +26,8 @@ MESH_SUFFIXES = (".ply", ".obj", ".off", ".stl")
 READ_THREADS = 4
 
 MeshReader = Callable[[], tuple[np.ndarray, np.ndarray]]
-"""Returns one mesh's (V, 3) vertices and (F, 3) faces; raises an error that names the mesh on bad input."""
+"""Returns one mesh's (V, 3) vertices and its (F, 3) faces, or its (P, 4) polygons for a dataset with a quad template;
+raises an error that names the mesh on bad input."""
 
 
 def require_root(root: str | os.PathLike, dataset: str, expected: str) -> Path:
@@ -74,8 +75,9 @@ def template_from(template: str | os.PathLike | None, first_mesh: MeshReader, na
     return Template(vertices=vertices, faces=faces, name=name)
 
 
-def file_reader(path: Path) -> MeshReader:
-    return lambda: read_mesh(path)
+def file_reader(path: Path, polygons: bool = False) -> MeshReader:
+    """Reads ``path``'s triangles, or with ``polygons`` its polygons (to compare with a quad template's)."""
+    return (lambda: read_polygon_mesh(path)) if polygons else (lambda: read_mesh(path))
 
 
 def read_meshes_into(out: np.ndarray, readers: Sequence[MeshReader], names: Sequence[str], template: Template,
@@ -83,7 +85,8 @@ def read_meshes_into(out: np.ndarray, readers: Sequence[MeshReader], names: Sequ
     """Read mesh ``i`` into ``out[i]``, checking that it has the template's topology.
 
     Raises:
-        ValueError: a mesh has another vertex count or other faces than the template (naming the mesh).
+        ValueError: a mesh has another vertex count, or other faces (other polygons, for a quad template) than the
+            template (naming the mesh).
     """
 
     def read(i: int) -> None:
@@ -98,11 +101,20 @@ def read_meshes_into(out: np.ndarray, readers: Sequence[MeshReader], names: Sequ
 
 def check_topology(vertices: np.ndarray, faces: np.ndarray | None, template: Template, name: str,
                    dataset: str) -> None:
-    """Raise a clear error if one mesh does not share the dataset's topology (``faces=None``: count only)."""
+    """Raise a clear error if one mesh does not share the dataset's topology (``faces=None``: count only).
+
+    With a quad template, ``faces`` are the mesh's polygons and must equal the template's; else its triangles.
+    """
     if len(vertices) != template.num_vertices:
         raise ValueError(f"{dataset}: {name} has {len(vertices)} vertices but the template ({template.name}) has "
                          f"{template.num_vertices}: every mesh must be registered to one topology; re-register or "
                          "remove this mesh")
-    if faces is not None and not np.array_equal(faces, template.faces):
+    if faces is None:
+        return
+    if template.polygons is None and not np.array_equal(faces, template.faces):
         raise ValueError(f"{dataset}: {name} has the template's vertex count but different faces: it is not "
                          f"registered to the same topology as {template.name}; re-register or remove this mesh")
+    if template.polygons is not None and not np.array_equal(faces, template.polygons):
+        raise ValueError(f"{dataset}: {name} has the template's vertex count but not its polygons: the template "
+                         f"({template.name}) is a quad mesh of {len(template.polygons)} polygons, and every mesh must "
+                         "have the same ones in the same order; re-register or remove this mesh")

