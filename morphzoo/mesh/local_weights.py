@@ -49,8 +49,9 @@ def sparse_nmf(features: np.ndarray, parts: int, sparsity: float = DEFAULT_SPARS
     coefficients = nmf.components_
     scale = weights.max(axis=0)
     if (scale <= 0).any():
-        raise ValueError(f"sparse_nmf: sparsity {sparsity} zeroes a whole part; use a smaller sparsity "
-                         f"(default {DEFAULT_SPARSITY})")
+        raise ValueError(f"sparse_nmf: at sparsity {sparsity} the data supports fewer than {parts} parts (one is "
+                         "all zero): lower the sparsity (--model.init_args.sparsity) or ask for fewer parts "
+                         "(--model.init_args.parts)")
     relative_error = float(np.linalg.norm(features - weights @ coefficients) / np.linalg.norm(features))
     return weights / scale, coefficients * scale[:, None], relative_error
 

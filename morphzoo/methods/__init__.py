@@ -11,5 +11,5 @@ from morphzoo.methods.neural3dmm import Neural3DMM
 from morphzoo.methods.pca import PCA, RegionPCA
 from morphzoo.methods.spiralnet import SpiralNetPlusPlus
 
-__all__ = ["CoMA", "DecoupledGAN", "Deep3DMMSpectral", "Deep3DMMSpiral", "IBCVAE", "IBVAE", "LAMM", "LocallyWeightedAutoencoder",
-           "MorphableModel", "Neural3DMM", "PCA", "RegionPCA", "SpiralNetPlusPlus"]
+__all__ = ["CoMA", "DecoupledGAN", "Deep3DMMSpectral", "Deep3DMMSpiral", "IBCVAE", "IBVAE", "LAMM",
+           "LocallyWeightedAutoencoder", "MorphableModel", "Neural3DMM", "PCA", "RegionPCA", "SpiralNetPlusPlus"]

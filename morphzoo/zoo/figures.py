@@ -84,3 +84,41 @@ def plot_cumulative_error(path: Path, curves: Mapping[str, tuple[np.ndarray, np.
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_encoding_diversity(path: Path, codes: Mapping[str, np.ndarray], seed: int = 0) -> Path:
+    """Latent codes of several sets (e.g. train, test, part-synthesised faces) in 2-D: PCA (left) and t-SNE
+    (right), one colour per set, each summarised by its 2σ covariance ellipse (the locally weighted model's Fig. 6).
+
+    ``codes[label]``: (N, Z) codes; both projections are fitted on all sets together.
+    """
+    from matplotlib.patches import Ellipse
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    labels = list(codes)
+    stacked = np.concatenate([np.asarray(codes[label], dtype=np.float64).reshape(len(codes[label]), -1)
+                              for label in labels])
+    owner = np.repeat(np.arange(len(labels)), [len(codes[label]) for label in labels])
+    perplexity = min(30.0, (len(stacked) - 1) / 3)
+    projections = {"PCA": PCA(2, random_state=seed).fit_transform(stacked),
+                   "t-SNE": TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(stacked)}
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.4), dpi=110)
+    colours = plt.get_cmap("tab10")
+    for ax, (title, points) in zip(axes, projections.items(), strict=True):
+        for index, label in enumerate(labels):
+            own = points[owner == index]
+            ax.scatter(own[:, 0], own[:, 1], s=8, alpha=0.6, color=colours(index), label=label)
+            if len(own) > 2:
+                values, vectors = np.linalg.eigh(np.cov(own.T))
+                angle = np.degrees(np.arctan2(vectors[1, -1], vectors[0, -1]))
+                width, height = 4 * np.sqrt(np.maximum(values[::-1], 0))  # 2σ along each principal axis
+                ax.add_patch(Ellipse(own.mean(0), width, height, angle=angle, fill=False, lw=2, color=colours(index)))
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].legend(loc="best", fontsize=8)
+    path = Path(path)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -120,7 +120,10 @@ REAL_DATA_RECIPES = {  # recipe -> (export format, fixture)
     "spiralnet-synhand": ("folder", lambda: MeshCollection(sphere_collection(3, 4, 25).vertices,
                                                            sphere_collection(1, 1, 1).template)),
     "spiralnet-folder": ("folder", lambda: sphere_collection(3, 4, 25)),
+    "locally-weighted-folder": ("folder", lambda: sphere_collection(3, 4, 25)),  # test_size 220 of these 300
 }
+EXTRA_ARGUMENTS = {"spiralnet-synhand": ["--data.init_args.test_size=20"],
+                   "locally-weighted-folder": ["--model.init_args.parts=2"]}  # the sphere data has few parts
 
 
 @pytest.mark.slow
@@ -128,7 +131,7 @@ REAL_DATA_RECIPES = {  # recipe -> (export format, fixture)
 def test_real_data_recipes_run_once_root_points_at_the_data(recipe, tmp_path):
     format, fixture = REAL_DATA_RECIPES[recipe]
     root = export_collection(fixture(), format, tmp_path / "data")
-    extra = ["--data.init_args.test_size=20"] if recipe == "spiralnet-synhand" else []
+    extra = EXTRA_ARGUMENTS.get(recipe, [])
     run([sys.executable, "-m", "morphzoo", "fit", "-c", f"recipes/{recipe}.yaml", f"--data.init_args.root={root}",
          "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", *extra])
 

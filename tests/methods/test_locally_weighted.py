@@ -70,7 +70,7 @@ def test_sparsity_zeroes_weights_and_too_much_is_refused():
     sparse, _, sparse_error = sparse_nmf(features, 2, sparsity=0.04)
     assert (sparse == 0).mean() > (dense == 0).mean()
     assert sparse_error >= dense_error - 1e-6
-    with pytest.raises(ValueError, match="use a smaller sparsity"):
+    with pytest.raises(ValueError, match="lower the sparsity"):
         sparse_nmf(features, 2, sparsity=1e4)
     with pytest.raises(ValueError, match="non-negative"):
         sparse_nmf(-features, 2)

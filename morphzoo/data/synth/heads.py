@@ -11,11 +11,11 @@ quads deform and subdivide more predictably) beside their triangulation, the 13 
 Identities use their own random streams: head ``k`` is not anny-face's or anny-bu3dfe's subject ``k``, so models
 trained here can be tested on those datasets' people as unseen identities (the topology is the same).
 
-Presets: ``tiny`` (tests), ``small`` (short CPU runs), ``aflw`` (2,000 heads, 220 test, the NMF paper's protocol),
-``uhm`` (6,000 heads, a seeded 10 % test: LAMM's split is not published) and ``uhm-expr`` (the same people with mild
-random expressions, for LAMM's "UHM12k + expr." setting). Expressive heads activate each of the 52 ARKit actions with
-probability ``EXPRESSION_ACTIVE`` at U(0, ``expression_scale``), half of jawOpen through the jaw bone as in anny-face;
-their ``neutral`` meshes are the same people at rest.
+Presets: ``tiny`` and ``tiny-expr`` (tests), ``small`` (short CPU runs), ``aflw`` (2,000 heads, 220 test, the NMF
+paper's protocol), ``uhm`` (6,000 heads, a seeded 10 % test: LAMM's split is not published) and ``uhm-expr`` (the same
+people with mild random expressions, for LAMM's "UHM12k + expr." setting). Expressive heads activate each of the 52
+ARKit actions with probability ``EXPRESSION_ACTIVE`` at U(0, ``expression_scale``), half of jawOpen through the jaw
+bone as in anny-face; their ``neutral`` meshes are the same people at rest.
 
 Output frame: metres, Z up, the subject faces -Y, the subject's left is +X, the base of the neck at the origin.
 """
@@ -62,6 +62,7 @@ class HeadsPreset:
 
 PRESETS: dict[str, HeadsPreset] = {
     "tiny": HeadsPreset(identities=40, test_size=8),
+    "tiny-expr": HeadsPreset(identities=40, test_size=8, expression_scale=0.4),
     "small": HeadsPreset(identities=500, test_size=50),
     "aflw": HeadsPreset(identities=2000, test_size=220),  # AFLW2000-3D's 1,780 / 220 (NMF paper §4)
     "uhm": HeadsPreset(identities=6000, test_size=600),
