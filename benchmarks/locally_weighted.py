@@ -5,7 +5,8 @@ Reports, on the 220 test heads:
 - reconstruction error (mean / median per-vertex Euclidean, mm) of every checkpoint given;
 - part-swap locality of the locally weighted models: for each part, the share of a swap's displacement that lands in
   that part's local-weight support (the full model's supports for both, so like is compared with like), next to the
-  share of vertices in the support (what a swap that moved every vertex equally would score);
+  share of vertices in the support (what a swap that moved every vertex equally would score); and how far each part's
+  swap moves the face (mm), i.e. how much of the face each part code controls;
 - Fig. 5: part interpolation from a source to a target head (α = 1/9 ... 8/9), each row with the per-vertex
   displacement between its ends as a heat map (the paper colours the Hausdorff distance; in correspondence the
   per-vertex distance is its exact counterpart);
@@ -101,6 +102,7 @@ def main() -> None:
         if isinstance(model, LocallyWeightedAutoencoder):
             with torch.no_grad():
                 entry["locality"] = model.part_swap_locality(test, supports).tolist()
+                entry["swap_displacement_mm"] = (model.part_swap_displacements(test).mean(dim=(1, 2)) * 1000).tolist()
         results[name] = entry
 
     with torch.no_grad():
@@ -111,13 +113,15 @@ def main() -> None:
     results["figures"] += interpolation_figures(full, test[0], test[1], args.out)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
 
-    print("| model | latent | parameters | test mean / median (mm) | part-swap locality (per part) |")
-    print("|---|---|---|---|---|")
+    print("| model | latent | parameters | test mean / median (mm) | part-swap locality (per part) | "
+          "part-swap displacement (mm, per part) |")
+    print("|---|---|---|---|---|---|")
     for name in models:
         entry = results[name]
         locality = " / ".join(f"{share:.2f}" for share in entry.get("locality", [])) or "—"
+        moved = " / ".join(f"{size:.2f}" for size in entry.get("swap_displacement_mm", [])) or "—"
         print(f"| {name} | {entry['latent']} | {entry['parameters']:,} | {entry['reconstruction_mm']['mean']:.3f} / "
-              f"{entry['reconstruction_mm']['median']:.3f} | {locality} |")
+              f"{entry['reconstruction_mm']['median']:.3f} | {locality} | {moved} |")
     print("support share (chance):", " / ".join(f"{share:.2f}" for share in results["support_share"]))
     print(f"figures and results.json in {args.out}")
 

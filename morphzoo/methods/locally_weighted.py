@@ -281,22 +281,26 @@ class LocallyWeightedAutoencoder(MeshAutoencoder):
         meshes = self.decode_parts(parts[assignment.to(parts.device), torch.arange(self.parts, device=parts.device)])
         return meshes[0] if single else meshes
 
-    def part_swap_locality(self, faces: Tensor | np.ndarray, supports: Tensor | None = None) -> Tensor:
-        """How local part swaps are: for each part k, the share of the displacement ``‖decode(face i with face j's
-        part k) − decode(face i)‖`` summed over vertices that falls inside part k's support, averaged over the pairs
-        (i, i+1) of ``faces`` (N, V, 3). ``supports`` (V,) defaults to :meth:`supports`. Returns (K,)."""
-        faces = torch.as_tensor(faces).float()
-        supports = self.supports() if supports is None else torch.as_tensor(supports, device=faces.device)
-        parts = self.encode_parts(faces)
+    def part_swap_displacements(self, faces: Tensor | np.ndarray) -> Tensor:
+        """(K, N, V) per-vertex displacement in metres, ``‖decode(face i with face i+1's part k) − decode(face i)‖``,
+        of every part swap between consecutive faces of ``faces`` (N, V, 3) (the last takes the first's part)."""
+        parts = self.encode_parts(torch.as_tensor(faces).float())
         base = self.decode_parts(parts)
-        shares = []
+        displacements = []
         for part in range(self.parts):
             swapped = parts.clone()
             swapped[:, part] = parts.roll(-1, dims=0)[:, part]
-            displacement = (self.decode_parts(swapped) - base).norm(dim=-1)
-            inside = (displacement * (supports == part)).sum(dim=1)
-            shares.append((inside / displacement.sum(dim=1).clamp_min(1e-12)).mean())
-        return torch.stack(shares)
+            displacements.append((self.decode_parts(swapped) - base).norm(dim=-1))
+        return torch.stack(displacements)
+
+    def part_swap_locality(self, faces: Tensor | np.ndarray, supports: Tensor | None = None) -> Tensor:
+        """How local part swaps are: for each part k, the share of a swap's displacement
+        (:meth:`part_swap_displacements`) summed over the vertices that falls inside part k's support, averaged over
+        the swaps. ``supports`` (V,) defaults to :meth:`supports`. Returns (K,)."""
+        displacement = self.part_swap_displacements(faces)
+        supports = self.supports() if supports is None else torch.as_tensor(supports, device=displacement.device)
+        inside = displacement * (supports == torch.arange(self.parts, device=supports.device)[:, None])[:, None]
+        return (inside.sum(dim=2) / displacement.sum(dim=2).clamp_min(1e-12)).mean(dim=1)
 
     def _check_part(self, part: int) -> None:
         if not 0 <= part < self.parts:

@@ -187,8 +187,9 @@ DATA_DIVERSITY_MESHES = 4000
 
 
 def data_diversity(data: MeshDataModule, pairs: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """The diversity of the training meshes (mm): overall and, where the labels exist, within the same identity and
-    within the same expression (or sequence): the reference values for a generator's diversity.
+    """The diversity of the training meshes (mm): overall and, where the labels exist and some value has two meshes,
+    within the same identity and within the same expression (or sequence): the reference values for a generator's
+    diversity.
 
     Pairs are drawn among a seeded random subset of at most ``DATA_DIVERSITY_MESHES`` training meshes: ``pairs``
     random pairs never involve more meshes than that, and the subset keeps memory bounded on large datasets.
@@ -203,8 +204,10 @@ def data_diversity(data: MeshDataModule, pairs: int = 10_000, seed: int = 0) -> 
                         ("same_sequence", "sequence")):
         if label is not None and label not in data.collection.labels:
             continue
-        metric = Diversity(pairs=pairs, seed=seed)
         groups = None if label is None else torch.as_tensor(data.collection.labels[label][train])
+        if groups is not None and torch.unique(groups, return_counts=True)[1].max() < 2:
+            continue  # one mesh per label value (anny-heads: one head per person): no within-group pair exists
+        metric = Diversity(pairs=pairs, seed=seed)
         metric.update(meshes, groups)
         results[f"data/diversity_{name}_mm"] = float(metric.compute()["mean"])
     return results

@@ -9,7 +9,7 @@ import torch
 from morphzoo.methods import PCA, DecoupledGAN, SpiralNetPlusPlus
 from morphzoo.metrics import VertexError
 from morphzoo.zoo import evaluate_model
-from morphzoo.zoo.evaluate import factorised_diversity, landmark_fitting_errors, middle_frames
+from morphzoo.zoo.evaluate import data_diversity, factorised_diversity, landmark_fitting_errors, middle_frames
 from tests.synthetic import SphereDataModule
 
 
@@ -114,3 +114,12 @@ def test_factorised_models_report_identity_and_expression_diversity():
     row = factorised_diversity(gan, pairs=500)
     assert row["generation/diversity_same_identity_code_mm"] < 1e-4
     assert row["generation/diversity_same_expression_code_mm"] > 0.1
+
+
+def test_data_diversity_skips_a_label_that_names_every_mesh(data):
+    # anny-heads: one head per person, so "within the same identity" has no pair; the others are still measured
+    unique = SphereDataModule(frames=8)
+    unique.collection.labels["identity"] = np.arange(len(unique.collection))
+    row = data_diversity(unique, pairs=200)
+    assert "data/diversity_same_identity_mm" not in row
+    assert row["data/diversity_global_mm"] > 0 and row["data/diversity_same_expression_mm"] > 0
