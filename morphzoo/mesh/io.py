@@ -22,6 +22,7 @@ import numpy as np
 import plyfile
 import trimesh
 
+from morphzoo.cache import atomic_write_bytes
 from morphzoo.mesh.template import Template, checked_polygons, triangulate_polygons
 
 WRITABLE_SUFFIXES = (".ply", ".obj")
@@ -260,7 +261,7 @@ def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray)
     :func:`read_polygon_mesh` read gives the same bytes.
     """
     path = Path(path)
-    _atomic_write(path, mesh_bytes(vertices, faces, path.suffix, str(path)))
+    atomic_write_bytes(path, mesh_bytes(vertices, faces, path.suffix, str(path)))
 
 
 def mesh_bytes(vertices: np.ndarray, faces: np.ndarray, suffix: str, destination: str = "mesh") -> bytes:
@@ -316,19 +317,6 @@ def _ply_polygon_bytes(vertices: np.ndarray, polygons: np.ndarray) -> bytes:
     stream = io.BytesIO()
     ply.write(stream)
     return stream.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling of ``path`` and rename it into place: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def read_template(path: str | os.PathLike, name: str | None = None) -> Template:

@@ -24,15 +24,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from morphzoo.cache import atomic_file, temporary_directory_for
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import MorphableModel
 
@@ -121,17 +120,15 @@ def write_checkpoint(model: MorphableModel, folder: str | Path, *, fp16: bool = 
         **dict(extra or {}),
     }
     model.on_save_checkpoint(config)  # the method's own saved fields, as in a Lightning checkpoint (LAMM: region names)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
-        save_file(_storage_state(model, fp16), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "morphzoo": FORMAT})
+    with temporary_directory_for(folder) as tmp:
+        # serialised in memory and written by Python, so that a full disk raises an OSError (named by the cache)
+        # rather than safetensors' own error type
+        (tmp / WEIGHTS_NAME).write_bytes(save(_storage_state(model, fp16), metadata={"format": "pt",
+                                                                                      "morphzoo": FORMAT}))
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         if folder.exists():
             folder.rmdir()
         os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -139,14 +136,8 @@ def update_config(folder: str | Path, fields: Mapping[str, Any]) -> None:
     """Merge ``fields`` (metrics, provenance...) into a checkpoint folder's ``config.json``, atomically."""
     path = Path(folder) / CONFIG_NAME
     config = read_config(folder) | dict(fields)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(config, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w") as file:
+        file.write(json.dumps(config, indent=2) + "\n")
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:

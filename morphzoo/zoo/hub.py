@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pathlib import Path
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import FileMetadataError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
+from morphzoo.cache import CacheWriteError, atomic_file
 from morphzoo.cache import cache_dir as morphzoo_cache_dir
 
 try:  # huggingface_hub 2.x speaks HTTP through httpx2, 1.x through httpx, 0.x through requests (OSError subclasses)
@@ -120,15 +120,11 @@ def _read_verified() -> dict[str, dict[str, str]]:
 
 
 def _write_verified(data: dict[str, dict[str, str]]) -> None:
-    path = _verified_cache_path()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_file(_verified_cache_path(), "w") as file:
+            json.dump(data, file)
+    except CacheWriteError:
+        pass  # a read-only or full cache only costs hashing the file again next time; the load itself goes on
 
 
 def hash_file(path: str | Path) -> str:
@@ -245,11 +241,8 @@ def fetch_verified(repo_id: str, filename: str, revision: str, record: FileRecor
 
 def _write_ref(ref: Path, commit: str) -> None:
     """Record ``revision -> commit`` in huggingface_hub's cache layout (``refs/<revision>``), atomically."""
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=ref.parent, prefix=f".{ref.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(commit)
-    os.replace(tmp, ref)
+    with atomic_file(ref, "w") as file:
+        file.write(commit)
 
 
 def resolve_revision(repo_id: str, revision: str, probe_file: str, endpoint: str | None = None,

@@ -14,7 +14,6 @@ import difflib
 import fnmatch
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 
+from morphzoo.cache import atomic_file
 from morphzoo.recipes import parse
 from morphzoo.resources import REGISTRY_NAME, resource_root
 from morphzoo.zoo.checkpoint import CheckpointError, import_model_class, load_checkpoint, read_config
@@ -392,14 +392,8 @@ def write_registry(raw: Mapping[str, Any], path: str | Path) -> None:
     body = yaml.safe_dump({"schema_version": raw["schema_version"]}, sort_keys=False) + "models:\n"
     for entry in raw["models"]:
         body += "\n" + yaml.safe_dump([entry], sort_keys=False, width=110, allow_unicode=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(header).rstrip("\n") + "\n\n" + body if header else body)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w") as file:
+        file.write("\n".join(header).rstrip("\n") + "\n\n" + body if header else body)
 
 
 def update_entry(path: str | Path, name: str, updates: Mapping[str, Any]) -> None:

@@ -7,6 +7,7 @@ The fake Hub answers ``HEAD``/``GET /{repo_id}/resolve/{revision}/{filename}`` w
 import hashlib
 import os
 import threading
+import time
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +32,7 @@ class FakeHub:
 
     def __init__(self, files: dict[str, bytes]) -> None:
         self.files, self.requests, self.status, self.served = dict(files), [], 200, dict(files)
+        self.chunk_delay = 0.0  # seconds between 64 KiB chunks of a body (a slow link)
         hub_ = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,13 +64,18 @@ class FakeHub:
                 # as on the Hub: LFS files are addressed by their sha256, git files by their blob sha1
                 etag = (hashlib.sha256(data).hexdigest() if filename.endswith(".safetensors") else
                         hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest())
-                self.send_response(200)
+                start = int(self.headers.get("Range", "bytes=0-").removeprefix("bytes=").partition("-")[0] or 0)
+                self.send_response(206 if start else 200)  # as the Hub: a Range request resumes a download
                 self.send_header("X-Repo-Commit", COMMIT)
                 self.send_header("ETag", f'"{etag}"')
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(data) - start))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
                 if body:
-                    self.wfile.write(data)
+                    for offset in range(start, len(data), 1 << 16):
+                        self.wfile.write(data[offset:offset + (1 << 16)])
+                        time.sleep(hub_.chunk_delay)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -261,7 +261,8 @@ def test_zoo_build_trains_exports_evaluates_and_registers(tmp_path):
     assert entry.metrics["reconstruction/mean_mm"] > 0 and entry.num_params > 0
     folder = tmp_path / "zoo" / "spiralnet-tiny-spheres"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
-    assert [p.name for p in (tmp_path / "zoo").iterdir()] == ["spiralnet-tiny-spheres"]  # no temporary leftovers
+    leftovers = sorted(p.name for p in (tmp_path / "zoo").iterdir())
+    assert leftovers == [".spiralnet-tiny-spheres.lock", "spiralnet-tiny-spheres"]  # no temporaries; the entry's lock
     for filename, record in entry.weights.files.items():
         assert hub.check_file(folder / filename, record, use_cache=False) is None
     model = zoo.load("spiralnet-tiny-spheres", registry=path)
