@@ -33,13 +33,15 @@ from typing import IO
 import numpy as np
 from filelock import FileLock
 
+from morphzoo.errors import MorphzooError
+
 TEMPORARY_SUFFIX = ".tmp"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: mkstemp/mkdtemp create private (0600/0700) entries, a shared cache needs the usual modes
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
-class CacheWriteError(OSError):
+class CacheWriteError(MorphzooError, OSError):
     """A file or folder could not be written: disk full, read-only, or no permission. The message names the path."""
 
 

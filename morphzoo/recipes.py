@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
 
 from morphzoo.data.base import MeshDataModule
+from morphzoo.errors import MorphzooError
 from morphzoo.methods.base import MorphableModel
 from morphzoo.resources import find_recipe
 
@@ -99,15 +100,31 @@ def recipe_arguments(recipes: str | Path | Sequence[str | Path], overrides: Sequ
     return [*(arg for recipe in recipes for arg in ("-c", str(find_recipe(recipe)))), *overrides]
 
 
+class RecipeError(MorphzooError, ValueError):
+    """A recipe file (or an override) is not valid YAML or does not fit the configuration's schema."""
+
+
+def _cli(cli_class: type[MorphzooCLI], recipes: str | Path | Sequence[str | Path], overrides: Sequence[str],
+         extra: Sequence[str] = ()) -> MorphzooCLI:
+    """``cli_class`` on the recipes; a parse error raises :class:`RecipeError` (the command line tools exit)."""
+    args = [*recipe_arguments(recipes, overrides), *extra]
+    try:
+        return cli_class(args=args, run=False, parser_kwargs={"exit_on_error": False})
+    except (ArgumentError, UnicodeDecodeError) as error:  # a garbled file fails to decode before it is parsed
+        files = [arg for previous, arg in zip(args, args[1:], strict=False) if previous == "-c"]
+        raise RecipeError(f"{', '.join(files)}{' with ' + ' '.join(overrides) if overrides else ''}: {error}"
+                          ) from error
+
+
 def instantiate(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> MorphzooCLI:
     """Build a recipe's ``model``, ``datamodule`` and ``trainer`` (attributes of the returned CLI), not run yet."""
-    return MorphzooCLI(args=recipe_arguments(recipes, overrides), run=False)
+    return _cli(MorphzooCLI, recipes, overrides)
 
 
 def parse(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> Namespace:
     """The merged, validated config of a recipe plus overrides (``config.trainer.max_epochs``, ...); builds nothing
     and seeds nothing (its ``seed_everything`` reads false)."""
-    return _ParsedRecipe(args=[*recipe_arguments(recipes, overrides), "--seed_everything=false"], run=False).config
+    return _cli(_ParsedRecipe, recipes, overrides, ["--seed_everything=false"]).config
 
 
 def build_datamodule(recipes: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> MeshDataModule:

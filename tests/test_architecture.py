@@ -12,19 +12,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "morphzoo"
 # What each top-level part of morphzoo may import (besides itself). The entry point `python -m morphzoo`
 # (__main__.py) is the command line, so it may import cli.
 ALLOWED = {
-    "cache": set(),
+    "errors": set(),  # the error types every part raises
+    "cache": {"errors"},
     "resources": set(),
     "loggers": set(),
-    "mesh": {"cache"},
+    "mesh": {"cache", "errors"},
     "nn": set(),
     "fitting": set(),  # duck-typed over any model with a decoder: methods use it
     "metrics": set(),  # pure torchmetrics: no method, no dataset
-    "data": {"cache", "mesh"},
+    "data": {"cache", "errors", "mesh"},
     "methods": {"mesh", "nn", "metrics", "fitting"},
-    "recipes": {"data", "methods", "resources"},
-    "zoo": {"cache", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources",
+    "recipes": {"data", "errors", "methods", "resources"},
+    "zoo": {"cache", "errors", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources",
             "__init__"},  # __version__
-    "cli": {"cache", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources", "zoo", "loggers"},
+    "cli": {"cache", "errors", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources", "zoo", "loggers"},
     "__main__": {"cli"},
     "__init__": {"zoo"},
 }

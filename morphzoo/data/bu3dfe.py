@@ -33,6 +33,7 @@ from morphzoo.data.raw import (
     require_root,
     template_from,
 )
+from morphzoo.errors import DataError
 
 EXPRESSIONS = ("NE", "AN", "DI", "FE", "HA", "SA", "SU")
 LEVELS = 4
@@ -53,11 +54,11 @@ def parse_bu3dfe_name(path: Path) -> tuple[str, str, int, str]:
     """``F0001_AN01WH_F3D.<ext>`` -> (subject, expression, level, ethnicity); a clear error for any other name."""
     match = NAME.fullmatch(path.stem)
     if match is None:
-        raise ValueError(f"BU-3DFE: {path} is not named like F0001_AN01WH_F3D.<ext> (subject, expression "
+        raise DataError(f"BU-3DFE: {path} is not named like F0001_AN01WH_F3D.<ext> (subject, expression "
                          f"{'/'.join(EXPRESSIONS)}, level 00-04, ethnicity {'/'.join(ETHNICITIES)}); rename or move it")
     level = int(match["level"])
     if (match["expression"] == "NE") != (level == 0) or level > LEVELS:
-        raise ValueError(f"BU-3DFE: {path} has level {level:02d}; neutral (NE) is level 00, expressions 01-04")
+        raise DataError(f"BU-3DFE: {path} has level {level:02d}; neutral (NE) is level 00, expressions 01-04")
     return match["subject"], match["expression"], level, match["ethnicity"]
 
 
@@ -79,17 +80,17 @@ def _build(directory: Path, root: Path, files: list[Path], template: str | Path 
     owners: dict[tuple[str, str, int], Path] = {}
     for path, (subject, expression, level, _) in parsed.items():
         if (subject, expression, level) in owners:
-            raise ValueError(f"BU-3DFE: {path} and {owners[subject, expression, level]} are the same scan "
+            raise DataError(f"BU-3DFE: {path} and {owners[subject, expression, level]} are the same scan "
                              f"({subject} {expression}{level:02d}); keep one")
         owners[subject, expression, level] = path
     subjects = tuple(sorted({subject for subject, _, _, _ in parsed.values()}))
     ethnicity = {}
     for path, (subject, _, _, code) in parsed.items():
         if ethnicity.setdefault(subject, code) != code:
-            raise ValueError(f"BU-3DFE: {path} gives {subject} the ethnicity {code}, other files {ethnicity[subject]}")
+            raise DataError(f"BU-3DFE: {path} gives {subject} the ethnicity {code}, other files {ethnicity[subject]}")
     without_neutral = [s for s in subjects if (s, "NE", 0) not in owners]
     if without_neutral:
-        raise ValueError(f"BU-3DFE: no neutral scan (NE00) for {', '.join(without_neutral)}; every subject needs one")
+        raise DataError(f"BU-3DFE: no neutral scan (NE00) for {', '.join(without_neutral)}; every subject needs one")
     order = sorted(parsed, key=lambda p: (subjects.index(parsed[p][0]), EXPRESSIONS.index(parsed[p][1]), parsed[p][2]))
     readers = [file_reader(path) for path in order]
     shared = template_from(template, readers[0], "bu3dfe")

@@ -36,6 +36,7 @@ from morphzoo.data.raw import (
     require_root,
     template_from,
 )
+from morphzoo.errors import DataError
 from morphzoo.mesh.io import parse_mesh
 
 ARCHIVE_NAME = "COMA_data.zip"
@@ -49,7 +50,7 @@ def parse_coma_name(path: str) -> tuple[str, str, int]:
     parts = PurePosixPath(path).parts
     match = re.fullmatch(r"(.+)\.(\d+)\.ply", parts[-1])
     if len(parts) < 3 or match is None or match[1] != parts[-2]:
-        raise ValueError(f"CoMA: {path} does not follow CoMA's naming <subject>/<expression>/<expression>.NNNNNN.ply")
+        raise DataError(f"CoMA: {path} does not follow CoMA's naming <subject>/<expression>/<expression>.NNNNNN.ply")
     return parts[-3], parts[-2], int(match[2])
 
 
@@ -58,11 +59,15 @@ def read_coma(root: str | Path, template: str | Path | None = None) -> MeshColle
     root = require_root(root, "CoMA", EXPECTED)
     archive = _archive(root)
     if archive is not None:
-        with zipfile.ZipFile(archive) as zipped:
+        try:
+            zipped = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, OSError, ValueError) as error:
+            raise DataError(f"CoMA: {archive} is not a readable zip archive ({error}); download it again") from error
+        with zipped:
             members = [m for m in zipped.namelist() if m.lower().endswith(".ply") and not is_system_metadata(m)]
             key = ("coma", NEUTRAL_RULE, files_fingerprint(archive.parent, [archive]), members, _template_key(template))
             return cached_read("coma", key, lambda directory: _build(
-                directory, members, lambda m: lambda: parse_mesh(zipped.read(m), ".ply", f"{archive}:{m}"),
+                directory, members, lambda m: lambda: parse_mesh(_member(zipped, m, archive), ".ply", f"{archive}:{m}"),
                 template, f"{archive}"))
     files = mesh_files(root, (".ply",))
     relative = [path.relative_to(root).as_posix() for path in files]
@@ -72,11 +77,20 @@ def read_coma(root: str | Path, template: str | Path | None = None) -> MeshColle
         directory, relative, lambda name: file_reader(by_name[name]), template, str(root)))
 
 
+def _member(zipped: zipfile.ZipFile, member: str, archive: Path) -> bytes:
+    """One member's bytes; a damaged archive (bad CRC, truncated data) names the archive and the member."""
+    try:
+        return zipped.read(member)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+        raise DataError(f"CoMA: {archive}:{member} cannot be read ({error}): the archive is damaged, download it "
+                        "again") from error
+
+
 def _archive(root: Path) -> Path | None:
     """The CoMA zip archive ``root`` is or holds (also under ``raw/``, PyTorch Geometric's layout), if any."""
     if root.is_file():
         if not zipfile.is_zipfile(root):
-            raise ValueError(f"CoMA: {root} is a file but not a zip archive; set `root` to {EXPECTED}")
+            raise DataError(f"CoMA: {root} is a file but not a zip archive; set `root` to {EXPECTED}")
         return root
     for candidate in (root / ARCHIVE_NAME, root / "raw" / ARCHIVE_NAME):
         if candidate.is_file() and not mesh_files(root, (".ply",)):

@@ -25,6 +25,7 @@ import numpy as np
 from morphzoo.data.base import MeshDataModule
 from morphzoo.data.collection import MeshCollection, allocate_vertices
 from morphzoo.data.raw import cached_read, check_topology, files_fingerprint, require_root, template_from
+from morphzoo.errors import DataError
 
 FILES = {"f": "registrations_f.hdf5", "m": "registrations_m.hdf5"}
 KEY = re.compile(r"(?P<subject>[^_]+)_(?P<sequence>.+)")
@@ -50,20 +51,20 @@ def _build(directory: Path, files: dict[str, Path], template: str | Path | None)
         for sex, path in files.items():
             try:
                 handles[sex] = h5py.File(path, "r")
-            except OSError as error:
-                raise ValueError(f"DFAUST: cannot open {path} as HDF5 ({error}); download it again") from error
+            except (OSError, RuntimeError, ValueError) as error:
+                raise DataError(f"DFAUST: cannot open {path} as HDF5 ({error}); download it again") from error
         sequences, faces = _index(handles, files)
         first = sequences[0][2:]
-        shared = template_from(template, lambda: (_frames(handles, first)[0], faces), "dfaust")
+        shared = template_from(template, lambda: (_frames(handles, first, files)[0], faces), "dfaust")
         check_topology(shared.vertices, faces, shared, f"the mesh of {files[first[0]]}", "DFAUST")
         lengths = [handles[sex][key].shape[2] for _, _, sex, key in sequences]
         vertices = allocate_vertices(directory, sum(lengths), shared.num_vertices)
         start = 0
         for (_, _, sex, key), length in zip(sequences, lengths, strict=True):
-            frames = _frames(handles, (sex, key))
+            frames = _frames(handles, (sex, key), files)
             check_topology(frames[0], None, shared, f"{files[sex]}:{key}", "DFAUST")
             if not np.isfinite(frames).all():
-                raise ValueError(f"DFAUST: {files[sex]}:{key} contains NaN or infinite values; download it again")
+                raise DataError(f"DFAUST: {files[sex]}:{key} contains NaN or infinite values; download it again")
             vertices[start:start + length] = frames
             start += length
     finally:
@@ -84,37 +85,56 @@ def _build(directory: Path, files: dict[str, Path], template: str | Path | None)
                     for frame in range(length)))
 
 
+def _corrupt(path: Path, error: Exception) -> DataError:
+    return DataError(f"DFAUST: {path} is corrupt or truncated (h5py: {type(error).__name__}: {error}); download it "
+                     "again")
+
+
 def _index(handles: dict, files: dict[str, Path]) -> tuple[list[tuple[str, str, str, str]], np.ndarray]:
     """Sorted (subject, sequence, sex, key) of every sequence, and the faces (equal in every file)."""
-    sequences, faces, seen = [], None, {}
+    sequences, faces, faces_file, seen = [], None, None, {}
     for sex, handle in handles.items():
-        for key in handle.keys():
+        try:
+            keys = list(handle.keys())
+        except (OSError, RuntimeError, KeyError, ValueError) as error:
+            raise _corrupt(files[sex], error) from error
+        for key in keys:
             if key == "faces":
-                file_faces = np.asarray(handle[key], dtype=np.int64)
+                try:
+                    file_faces = np.asarray(handle[key], dtype=np.int64)
+                except (OSError, RuntimeError, KeyError, ValueError, TypeError) as error:
+                    raise _corrupt(files[sex], error) from error
                 if faces is not None and not np.array_equal(file_faces, faces):
-                    raise ValueError(f"DFAUST: the 'faces' of {files[sex]} differ from the other file's")
-                faces = file_faces
+                    raise DataError(f"DFAUST: the 'faces' of {files[sex]} differ from those of {faces_file}; one of "
+                                    "them is damaged: download it again")
+                faces, faces_file = file_faces, files[sex]
                 continue
             match = KEY.fullmatch(key)
-            shape = handle[key].shape
+            try:
+                shape = handle[key].shape
+            except (OSError, RuntimeError, KeyError, ValueError) as error:
+                raise _corrupt(files[sex], error) from error
             if match is None or len(shape) != 3 or shape[1] != 3:
-                raise ValueError(f"DFAUST: {files[sex]} holds {key!r} {shape}, expected <subject>_<sequence> keys of "
+                raise DataError(f"DFAUST: {files[sex]} holds {key!r} {shape}, expected <subject>_<sequence> keys of "
                                  "(V, 3, frames) arrays")
             if key in seen:
-                raise ValueError(f"DFAUST: sequence {key!r} is in both {files[seen[key]]} and {files[sex]}")
+                raise DataError(f"DFAUST: sequence {key!r} is in both {files[seen[key]]} and {files[sex]}")
             seen[key] = sex
             sequences.append((match["subject"], match["sequence"], sex, key))
     if faces is None:
-        raise ValueError(f"DFAUST: no 'faces' array in {', '.join(map(str, files.values()))}")
+        raise DataError(f"DFAUST: no 'faces' array in {', '.join(map(str, files.values()))}")
     if not sequences:
-        raise ValueError(f"DFAUST: no sequences in {', '.join(map(str, files.values()))}")
+        raise DataError(f"DFAUST: no sequences in {', '.join(map(str, files.values()))}")
     return sorted(sequences), faces
 
 
-def _frames(handles: dict, sequence: tuple[str, str]) -> np.ndarray:
+def _frames(handles: dict, sequence: tuple[str, str], files: dict[str, Path]) -> np.ndarray:
     """(T, V, 3) float32 frames of one sequence (stored V × 3 × T)."""
     sex, key = sequence
-    return np.ascontiguousarray(np.asarray(handles[sex][key], dtype=np.float32).transpose(2, 0, 1))
+    try:
+        return np.ascontiguousarray(np.asarray(handles[sex][key], dtype=np.float32).transpose(2, 0, 1))
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise _corrupt(files[sex], error) from error
 
 
 class DFAUSTDataModule(MeshDataModule):

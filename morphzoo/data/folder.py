@@ -36,6 +36,7 @@ from morphzoo.data.raw import (
     read_meshes_into,
     require_root,
 )
+from morphzoo.errors import DataError
 from morphzoo.mesh.io import read_template
 from morphzoo.mesh.regions import read_regions
 from morphzoo.mesh.template import Template
@@ -91,23 +92,26 @@ def _build(directory: Path, root: Path, files: list[Path], names: list[str], tem
 
 def _read_labels(path: Path, names: list[str]) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
     """Per-mesh labels from ``labels.csv`` (every mesh needs a row; see the module docstring for the types)."""
-    with path.open(newline="") as file:
-        rows = list(csv.DictReader(file))
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a UTF-8 CSV file ({error}); see the folder reader's labels.csv layout") from error
     if not rows or "file" not in rows[0]:
-        raise ValueError(f"{path}: expected a header 'file,<label>,...' and one row per mesh")
+        raise DataError(f"{path}: expected a header 'file,<label>,...' and one row per mesh")
     by_file = {}
     for number, row in enumerate(rows, start=2):
         if row["file"] in by_file:
-            raise ValueError(f"{path}: line {number}: {row['file']} is listed twice")
+            raise DataError(f"{path}: line {number}: {row['file']} is listed twice")
         by_file[row["file"]] = row
     missing = [name for name in names if name not in by_file]
     if missing:
-        raise ValueError(f"{path}: no row for {len(missing)} meshes, e.g. {missing[0]!r}; add a row per mesh")
+        raise DataError(f"{path}: no row for {len(missing)} meshes, e.g. {missing[0]!r}; add a row per mesh")
     labels, vocabularies = {}, {}
     for column in (c for c in rows[0] if c != "file"):
         values = [by_file[name][column] for name in names]
         if any(v is None or v == "" for v in values):
-            raise ValueError(f"{path}: column '{column}' has empty cells")
+            raise DataError(f"{path}: column '{column}' has empty cells")
         try:
             labels[column] = np.array([int(v) for v in values], dtype=np.int64)
         except ValueError:

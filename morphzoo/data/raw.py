@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from morphzoo.data.collection import MeshCollection, cached_collection
+from morphzoo.errors import DataError
 from morphzoo.mesh.io import read_mesh, read_polygon_mesh, read_template
 from morphzoo.mesh.template import Template
 
@@ -106,15 +107,15 @@ def check_topology(vertices: np.ndarray, faces: np.ndarray | None, template: Tem
     With a quad template, ``faces`` are the mesh's polygons and must equal the template's; else its triangles.
     """
     if len(vertices) != template.num_vertices:
-        raise ValueError(f"{dataset}: {name} has {len(vertices)} vertices but the template ({template.name}) has "
+        raise DataError(f"{dataset}: {name} has {len(vertices)} vertices but the template ({template.name}) has "
                          f"{template.num_vertices}: every mesh must be registered to one topology; re-register or "
                          "remove this mesh")
     if faces is None:
         return
     if template.polygons is None and not np.array_equal(faces, template.faces):
-        raise ValueError(f"{dataset}: {name} has the template's vertex count but different faces: it is not "
+        raise DataError(f"{dataset}: {name} has the template's vertex count but different faces: it is not "
                          f"registered to the same topology as {template.name}; re-register or remove this mesh")
     if template.polygons is not None and not np.array_equal(faces, template.polygons):
-        raise ValueError(f"{dataset}: {name} has the template's vertex count but not its polygons: the template "
+        raise DataError(f"{dataset}: {name} has the template's vertex count but not its polygons: the template "
                          f"({template.name}) is a quad mesh of {len(template.polygons)} polygons, and every mesh must "
                          "have the same ones in the same order; re-register or remove this mesh")

@@ -15,6 +15,7 @@ LAMM's numbers.
 from __future__ import annotations
 
 from morphzoo.data.folder import MeshFolderDataModule
+from morphzoo.errors import DataError
 
 
 class UHMDataModule(MeshFolderDataModule):
@@ -35,7 +36,7 @@ class UHMDataModule(MeshFolderDataModule):
     def __init__(self, root: str, template: str | None = None, split: str | None = None,
                  split_file: str | None = None, test_size: int | float = 0.1, **kwargs) -> None:
         if split not in (None, "file") and split_file is not None:
-            raise ValueError(f"uhm12k: split_file {split_file} is read by split 'file' only, but split is {split!r}; "
+            raise DataError(f"uhm12k: split_file {split_file} is read by split 'file' only, but split is {split!r}; "
                              "leave split unset (or 'file') to use the file, or drop split_file")
         split = split or ("file" if split_file is not None else "random")
         super().__init__(root, template, split=split, split_file=split_file, test_size=test_size, **kwargs)

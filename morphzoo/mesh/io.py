@@ -23,6 +23,7 @@ import plyfile
 import trimesh
 
 from morphzoo.cache import atomic_write_bytes
+from morphzoo.errors import DataError
 from morphzoo.mesh.template import Template, checked_polygons, triangulate_polygons
 
 WRITABLE_SUFFIXES = (".ply", ".obj")
@@ -31,7 +32,7 @@ OBJ_GROUPING_KEYWORDS = frozenset({b"o", b"g", b"usemtl", b"mtllib"})
 PLY_FACE_LISTS = ("vertex_indices", "vertex_index")
 
 
-class PolygonMeshError(ValueError):
+class PolygonMeshError(DataError):
     """:func:`read_mesh` was given a mesh with quads or larger polygons (it reads triangle meshes only)."""
 
 
@@ -70,21 +71,21 @@ def parse_mesh(data: bytes, suffix: str, source: str) -> tuple[np.ndarray, np.nd
         if _has_quads(original, suffix, source):  # e.g. a binary PLY mixing triangles and quads: trimesh fails on it
             raise PolygonMeshError(_POLYGON_MESH.format(
                 source=source, found=f"trimesh cannot load its quads: {type(error).__name__}: {error}")) from error
-        raise ValueError(f"{source}: cannot read the mesh ({type(error).__name__}: {error})") from error
+        raise DataError(f"{source}: cannot read the mesh ({type(error).__name__}: {error})") from error
     vertices = np.asarray(mesh.vertices, dtype=np.float32)
     faces = np.asarray(getattr(mesh, "faces", np.empty((0, 3))), dtype=np.int64)
     if len(faces) == 0:
-        raise ValueError(f"{source}: no triangle faces (empty, truncated, a point cloud, or not a mesh file)")
+        raise DataError(f"{source}: no triangle faces (empty, truncated, a point cloud, or not a mesh file)")
     declared = _declared_counts(data, file_type)
     if declared is not None and declared[1] != len(faces):
         raise PolygonMeshError(_POLYGON_MESH.format(
             source=source, found=f"{declared[1]} polygons, which trimesh made {len(faces)} triangles"))
     if declared is not None and declared[0] != len(vertices):
-        raise ValueError(f"{source}: {declared[0]} vertices in the file but {len(vertices)} read: order not preserved")
+        raise DataError(f"{source}: {declared[0]} vertices in the file but {len(vertices)} read: order not preserved")
     if faces.min() < 0 or faces.max() >= len(vertices):
-        raise ValueError(f"{source}: faces index vertices outside [0, {len(vertices)})")
+        raise DataError(f"{source}: faces index vertices outside [0, {len(vertices)})")
     if not np.isfinite(vertices).all():
-        raise ValueError(f"{source}: vertices contain NaN or infinite values")
+        raise DataError(f"{source}: vertices contain NaN or infinite values")
     return vertices, faces
 
 
@@ -154,23 +155,23 @@ def parse_polygon_mesh(data: bytes, suffix: str, source: str) -> tuple[np.ndarra
     """:func:`read_polygon_mesh` on a file's bytes; ``source`` names it in errors."""
     suffix = suffix.lower()
     if suffix not in POLYGON_SUFFIXES:
-        raise ValueError(f"{source}: polygon meshes are read from {' and '.join(POLYGON_SUFFIXES)} files only; "
+        raise DataError(f"{source}: polygon meshes are read from {' and '.join(POLYGON_SUFFIXES)} files only; "
                          f"convert this '{suffix}' file to one of them")
     vertices, counts, indices = _parse_obj(data, source) if suffix == ".obj" else _parse_ply(data, source)
     if len(counts) == 0:
-        raise ValueError(f"{source}: no faces (empty, truncated, a point cloud, or not a mesh file)")
+        raise DataError(f"{source}: no faces (empty, truncated, a point cloud, or not a mesh file)")
     bad = np.flatnonzero((counts < 3) | (counts > 4))
     if len(bad):
-        raise ValueError(f"{source}: polygon {bad[0]} has {counts[bad[0]]} corners; only triangles and quads are "
+        raise DataError(f"{source}: polygon {bad[0]} has {counts[bad[0]]} corners; only triangles and quads are "
                          "supported (triangulate larger polygons, or split them into quads, in your mesh tool)")
     polygons = np.full((len(counts), 4), -1, dtype=np.int64)
     starts = np.cumsum(counts) - counts
     rows = np.repeat(np.arange(len(counts)), counts)
     polygons[rows, np.arange(len(indices)) - starts[rows]] = indices
     if indices.min() < 0 or indices.max() >= len(vertices):
-        raise ValueError(f"{source}: polygons index vertices outside [0, {len(vertices)})")
+        raise DataError(f"{source}: polygons index vertices outside [0, {len(vertices)})")
     if not np.isfinite(vertices).all():
-        raise ValueError(f"{source}: vertices contain NaN or infinite values")
+        raise DataError(f"{source}: vertices contain NaN or infinite values")
     return vertices, polygons
 
 
@@ -183,7 +184,7 @@ def _parse_obj(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray, np.nda
     face_lines = re.findall(rb"^[ \t]*f[ \t]+([^\r\n]*)", data, re.MULTILINE)
     coordinates = [line.split()[:3] for line in vertex_lines]
     if any(len(row) < 3 for row in coordinates):
-        raise ValueError(f"{source}: a 'v' line has fewer than 3 coordinates")
+        raise DataError(f"{source}: a 'v' line has fewer than 3 coordinates")
     corners = [line.split() for line in re.sub(rb"/[^ \t\r\n]*", b"", b"\n".join(face_lines)).split(b"\n")
                ] if face_lines else []
     counts = np.fromiter(map(len, corners), dtype=np.int64, count=len(corners))
@@ -191,9 +192,9 @@ def _parse_obj(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray, np.nda
         vertices = np.array(coordinates, dtype=np.float64).reshape(-1, 3).astype(np.float32)
         indices = np.array([corner for polygon in corners for corner in polygon], dtype=np.int64)
     except ValueError as error:
-        raise ValueError(f"{source}: a 'v' or 'f' line holds something other than numbers ({error})") from error
+        raise DataError(f"{source}: a 'v' or 'f' line holds something other than numbers ({error})") from error
     if (indices == 0).any():
-        raise ValueError(f"{source}: an 'f' line uses vertex index 0; OBJ indices start at 1 (or are negative)")
+        raise DataError(f"{source}: an 'f' line uses vertex index 0; OBJ indices start at 1 (or are negative)")
     if (indices < 0).any():  # relative: -1 is the last vertex defined before the face's line
         vertex_starts = [m.start() for m in re.finditer(rb"^[ \t]*v[ \t]", data, re.MULTILINE)]
         face_starts = [m.start() for m in re.finditer(rb"^[ \t]*f[ \t]", data, re.MULTILINE)]
@@ -216,24 +217,24 @@ def _parse_ply(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray, np.nda
         except plyfile.PlyElementParseError:  # a triangle, a larger polygon, or a truncated file
             ply = _read_ply(data, {})
     except plyfile.PlyHeaderParseError as error:
-        raise ValueError(f"{source}: not a PLY file, or its header is malformed (plyfile: {error})") from error
+        raise DataError(f"{source}: not a PLY file, or its header is malformed (plyfile: {error})") from error
     except plyfile.PlyElementParseError as error:
         name = error.element.name if error.element is not None else "?"
         problem = (f"the {name} element runs past the end of the file" if error.message == "early end-of-file" else
                    f"row {error.row} of the {name} element: {error.message}")
-        raise ValueError(f"{source}: cannot read the PLY data: truncated or corrupt ({problem})") from error
+        raise DataError(f"{source}: cannot read the PLY data: truncated or corrupt ({problem})") from error
     except ValueError as error:  # e.g. a non-ASCII character, a negative element count
-        raise ValueError(f"{source}: cannot read the PLY data: truncated or corrupt ({error})") from error
+        raise DataError(f"{source}: cannot read the PLY data: truncated or corrupt ({error})") from error
     names = [element.name for element in ply.elements]
     if "vertex" not in names or "face" not in names:
-        raise ValueError(f"{source}: a PLY mesh needs 'vertex' and 'face' elements, this file has {names}")
+        raise DataError(f"{source}: a PLY mesh needs 'vertex' and 'face' elements, this file has {names}")
     vertex, face = ply["vertex"], ply["face"]
     if not {"x", "y", "z"} <= {p.name for p in vertex.properties if not isinstance(p, plyfile.PlyListProperty)}:
-        raise ValueError(f"{source}: the PLY vertex element needs the properties x, y and z")
+        raise DataError(f"{source}: the PLY vertex element needs the properties x, y and z")
     face_list = next((p.name for p in face.properties
                       if p.name in PLY_FACE_LISTS and isinstance(p, plyfile.PlyListProperty)), None)
     if face_list is None:
-        raise ValueError(f"{source}: the PLY face element needs a list property {' or '.join(PLY_FACE_LISTS)}")
+        raise DataError(f"{source}: the PLY face element needs a list property {' or '.join(PLY_FACE_LISTS)}")
     vertices = np.column_stack([vertex[axis] for axis in "xyz"]).astype(np.float32)
     lists = face[face_list]
     if lists.dtype != object:  # memory-mapped: a (P, 4) array of quads
@@ -268,11 +269,11 @@ def mesh_bytes(vertices: np.ndarray, faces: np.ndarray, suffix: str, destination
     """The bytes :func:`write_mesh` writes for a ``suffix`` file (e.g. to store meshes in a zip archive)."""
     suffix = suffix.lower()
     if suffix not in WRITABLE_SUFFIXES:
-        raise ValueError(f"{destination}: unsupported mesh format '{suffix}', use one of {WRITABLE_SUFFIXES}")
+        raise DataError(f"{destination}: unsupported mesh format '{suffix}', use one of {WRITABLE_SUFFIXES}")
     vertices = np.asarray(vertices, dtype=np.float32)
     faces = np.asarray(faces, dtype=np.int64)
     if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] not in (3, 4):
-        raise ValueError(f"{destination}: expected (V, 3) vertices and (F, 3) faces or (P, 4) polygons, got "
+        raise DataError(f"{destination}: expected (V, 3) vertices and (F, 3) faces or (P, 4) polygons, got "
                          f"{vertices.shape} and {faces.shape}")
     if faces.shape[1] == 4:
         faces = checked_polygons(faces, len(vertices), destination)

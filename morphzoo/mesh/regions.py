@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from morphzoo.errors import DataError
 from morphzoo.mesh.template import Template
 
 KMEANS_ITERATIONS = 50
@@ -32,15 +33,15 @@ def check_partition(labels: np.ndarray, num_vertices: int, source: str) -> np.nd
     region; else a ValueError that names the problem and the fix."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (num_vertices,):
-        raise ValueError(f"{source}: expected one region label per vertex ({num_vertices},), got {labels.shape}")
+        raise DataError(f"{source}: expected one region label per vertex ({num_vertices},), got {labels.shape}")
     unassigned = np.flatnonzero(labels < 0)
     if unassigned.size:
-        raise ValueError(f"{source}: {unassigned.size} vertices belong to no region (e.g. vertex {unassigned[0]}); "
+        raise DataError(f"{source}: {unassigned.size} vertices belong to no region (e.g. vertex {unassigned[0]}); "
                          "every vertex must be in exactly one region: list them in a region, or use "
                          "regions='merge' (unassigned vertices join the nearest region)")
     counts = np.bincount(labels)
     if (counts == 0).any():
-        raise ValueError(f"{source}: region labels must be 0..K-1 with no gaps; region {np.argmin(counts)} is empty")
+        raise DataError(f"{source}: region labels must be 0..K-1 with no gaps; region {np.argmin(counts)} is empty")
     return labels
 
 
@@ -71,7 +72,7 @@ def _kmeans(points: np.ndarray, k: int) -> np.ndarray:
 def cluster_regions(template: Template, num_regions: int) -> tuple[np.ndarray, tuple[str, ...]]:
     """``num_regions`` spatial regions of the template's rest positions (k-means, farthest-point seeds)."""
     if not 1 <= num_regions <= template.num_vertices:
-        raise ValueError(f"cluster_regions: num_regions must be in [1, {template.num_vertices}], got {num_regions}")
+        raise DataError(f"cluster_regions: num_regions must be in [1, {template.num_vertices}], got {num_regions}")
     labels = _relabel(_kmeans(template.vertices, num_regions))
     return labels, tuple(f"region{k}" for k in range(labels.max() + 1))
 
@@ -82,19 +83,19 @@ def merge_regions(template: Template, num_regions: int | None = None) -> tuple[n
     Merged regions are named ``"a+b"``, split ones ``"a/0"`` and ``"a/1"``. ``num_regions=None`` keeps the count.
     """
     if template.regions is None:
-        raise ValueError(f"merge_regions: template '{template.name}' has no regions; use regions='cluster' with "
+        raise DataError(f"merge_regions: template '{template.name}' has no regions; use regions='cluster' with "
                          "num_regions=K, or give a regions.json")
     labels = template.regions.copy()
     names = list(template.region_names) or [f"region{k}" for k in range(labels.max() + 1)]
     missing = labels < 0
     if missing.all():
-        raise ValueError(f"merge_regions: template '{template.name}' assigns no vertex to any region")
+        raise DataError(f"merge_regions: template '{template.name}' assigns no vertex to any region")
     if missing.any():
         nearest = cKDTree(template.vertices[~missing]).query(template.vertices[missing])[1]
         labels[missing] = labels[~missing][nearest]
     target = len(names) if num_regions is None else num_regions
     if not 1 <= target <= template.num_vertices:
-        raise ValueError(f"merge_regions: num_regions must be in [1, {template.num_vertices}], got {num_regions}")
+        raise DataError(f"merge_regions: num_regions must be in [1, {template.num_vertices}], got {num_regions}")
     edges = template.edges()
     while len(names) > target:
         counts = np.bincount(labels, minlength=len(names))
@@ -143,13 +144,13 @@ def read_regions(path: str | Path, num_vertices: int) -> tuple[np.ndarray, tuple
         listed = json.loads(path.read_text())
         members = {str(name): np.asarray(indices, dtype=np.int64).ravel() for name, indices in listed.items()}
     except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}: expected a JSON file {{\"region name\": [vertex indices], ...}} ({error})") from None
+        raise DataError(f"{path}: expected a JSON file {{\"region name\": [vertex indices], ...}} ({error})") from None
     labels = np.full(num_vertices, -1, dtype=np.int64)
     for label, (name, indices) in enumerate(members.items()):
         if indices.size == 0 or indices.min() < 0 or indices.max() >= num_vertices:
-            raise ValueError(f"{path}: region '{name}' must list vertices in [0, {num_vertices})")
+            raise DataError(f"{path}: region '{name}' must list vertices in [0, {num_vertices})")
         if (labels[indices] >= 0).any():
-            raise ValueError(f"{path}: region '{name}' overlaps another region; a vertex belongs to one region")
+            raise DataError(f"{path}: region '{name}' overlaps another region; a vertex belongs to one region")
         labels[indices] = label
     return labels, tuple(members)
 
@@ -166,7 +167,7 @@ def control_vertices(vertices: np.ndarray, labels: np.ndarray, per_region: int) 
     for region in range(labels.max() + 1):
         members = np.flatnonzero(labels == region)
         if len(members) < per_region:
-            raise ValueError(f"control_vertices: region {region} has {len(members)} vertices, fewer than the "
+            raise DataError(f"control_vertices: region {region} has {len(members)} vertices, fewer than the "
                              f"{per_region} control vertices asked for; ask for fewer or use larger regions")
         points = vertices[members]
         start = int(np.argmin(np.linalg.norm(points - points.mean(0), axis=1)))
@@ -181,16 +182,16 @@ def load_control_vertices(path: str | Path, labels: np.ndarray, names: tuple[str
     try:
         listed = {str(k): np.asarray(v, dtype=np.int64).ravel() for k, v in json.loads(path.read_text()).items()}
     except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}: expected a JSON file {{\"region name\": [vertex indices], ...}} ({error})") from None
+        raise DataError(f"{path}: expected a JSON file {{\"region name\": [vertex indices], ...}} ({error})") from None
     if sorted(listed) != sorted(names):
-        raise ValueError(f"{path}: give control vertices for exactly the regions {list(names)}, got {list(listed)}")
+        raise DataError(f"{path}: give control vertices for exactly the regions {list(names)}, got {list(listed)}")
     sizes = {len(v) for v in listed.values()}
     if len(sizes) != 1 or 0 in sizes:
-        raise ValueError(f"{path}: every region needs the same (non-zero) number of control vertices, got "
+        raise DataError(f"{path}: every region needs the same (non-zero) number of control vertices, got "
                          f"{ {k: len(v) for k, v in listed.items()} }")
     controls = np.stack([listed[name] for name in names])
     for region, name in enumerate(names):
         if not ((controls[region] >= 0) & (controls[region] < len(labels))).all() or \
                 (labels[controls[region]] != region).any():
-            raise ValueError(f"{path}: control vertices of region '{name}' must lie inside that region")
+            raise DataError(f"{path}: control vertices of region '{name}' must lie inside that region")
     return controls

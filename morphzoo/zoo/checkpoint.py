@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from morphzoo.cache import atomic_file, temporary_directory_for
+from morphzoo.cache import atomic_file, entry_lock, temporary_directory_for
+from morphzoo.errors import MorphzooError
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import MorphableModel
 
@@ -43,7 +44,7 @@ FORMAT_VERSION = 1
 DATA_BUFFERS = ("template_vertices", "template_faces", "mean", "std")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MorphzooError, ValueError):
     """A checkpoint folder that cannot be loaded faithfully (bad config, tampered files, mismatching weights)."""
 
 
@@ -94,7 +95,8 @@ def _storage_state(model: MorphableModel, fp16: bool) -> dict[str, torch.Tensor]
 
 def write_checkpoint(model: MorphableModel, folder: str | Path, *, fp16: bool = False,
                      extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``model`` into ``folder`` (created; it must not exist or be empty), atomically.
+    """Write ``model`` into ``folder`` (created; it must not exist or be empty), atomically (a hidden
+    ``.NAME.lock`` beside it coordinates concurrent writers).
 
     Args:
         model: any :class:`MorphableModel` built with ``save_hyperparameters``.
@@ -120,11 +122,12 @@ def write_checkpoint(model: MorphableModel, folder: str | Path, *, fp16: bool = 
         **dict(extra or {}),
     }
     model.on_save_checkpoint(config)  # the method's own saved fields, as in a Lightning checkpoint (LAMM: region names)
-    with temporary_directory_for(folder) as tmp:
-        # serialised in memory and written by Python, so that a full disk raises an OSError (named by the cache)
-        # rather than safetensors' own error type
-        (tmp / WEIGHTS_NAME).write_bytes(save(_storage_state(model, fp16), metadata={"format": "pt",
-                                                                                      "morphzoo": FORMAT}))
+    # the folder's lock: a concurrent export of the same folder waits, and a killed one's temporary is removed
+    with entry_lock(folder), temporary_directory_for(folder) as tmp:
+        # Serialised in memory and written by Python, so that a full disk raises an OSError (named by the cache)
+        # rather than safetensors' own error type. One metadata key: safetensors writes its metadata map in hash
+        # order, so two keys made the same weights hash differently from run to run (the format lives in config.json).
+        (tmp / WEIGHTS_NAME).write_bytes(save(_storage_state(model, fp16), metadata={"format": "pt"}))
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         if folder.exists():
             folder.rmdir()

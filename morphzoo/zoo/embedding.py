@@ -60,6 +60,7 @@ from torch import Tensor
 from morphzoo.cache import atomic_directory, cache_dir, content_hash
 from morphzoo.data.base import MeshDataModule
 from morphzoo.data.collection import MeshCollection
+from morphzoo.errors import MorphzooError
 from morphzoo.mesh.geometry_image import geometry_image_gather
 from morphzoo.mesh.template import Template
 from morphzoo.metrics.decoupling import Decoupling, choose_threshold
@@ -80,7 +81,7 @@ SampleSharing = Callable[[str, int, int, torch.Generator], Tensor]
 shares its ``factor`` code, every other code is drawn per mesh (``MorphableModel.sample_sharing``)."""
 
 
-class EmbeddingCacheError(ValueError):
+class EmbeddingCacheError(MorphzooError, ValueError):
     """A cached embedding folder that is incomplete, corrupt or does not match the request."""
 
 

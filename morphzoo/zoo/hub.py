@@ -38,6 +38,7 @@ from huggingface_hub.errors import FileMetadataError, HfHubHTTPError, LocalEntry
 
 from morphzoo.cache import CacheWriteError, atomic_file
 from morphzoo.cache import cache_dir as morphzoo_cache_dir
+from morphzoo.errors import MorphzooError
 
 try:  # huggingface_hub 2.x speaks HTTP through httpx2, 1.x through httpx, 0.x through requests (OSError subclasses)
     from httpx2 import HTTPError as TransportError
@@ -55,11 +56,11 @@ VERIFIED_CACHE_NAME = "verified-files.json"
 NETWORK_ERRORS = (TransportError, HfHubHTTPError, FileMetadataError, OfflineModeIsEnabled, OSError)
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(MorphzooError, RuntimeError):
     """A file whose size or sha256 differs from the registry's, even after fetching it again."""
 
 
-class HubUnavailableError(RuntimeError):
+class HubUnavailableError(MorphzooError, RuntimeError):
     """The Hub cannot be reached (offline or failing) and no verified cached copy exists."""
 
 

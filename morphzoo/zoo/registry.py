@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from morphzoo.cache import atomic_file
+from morphzoo.errors import MorphzooError
 from morphzoo.recipes import parse
 from morphzoo.resources import REGISTRY_NAME, resource_root
 from morphzoo.zoo.checkpoint import CheckpointError, import_model_class, load_checkpoint, read_config
@@ -51,11 +52,11 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 TABLE_START, TABLE_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
 
 
-class RegistryError(ValueError):
+class RegistryError(MorphzooError, ValueError):
     """``checkpoints.yaml`` breaks the schema, or names an entry that does not exist."""
 
 
-class NotAvailableError(RuntimeError):
+class NotAvailableError(MorphzooError, RuntimeError):
     """A registry entry whose weights are not published or not built yet."""
 
 
@@ -260,7 +261,11 @@ def load_registry(path: str | Path | None = None, check_imports: bool = False) -
     path = registry_path(path)
     if not path.is_file():
         raise RegistryError(f"registry {path} does not exist (set MORPHZOO_REGISTRY or pass registry=)")
-    raw = yaml.load(path.read_text(), Loader=SAFE_LOADER)
+    try:
+        raw = yaml.load(path.read_text(), Loader=SAFE_LOADER)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RegistryError(f"{path} is not valid YAML ({error}); restore it from the package or version control"
+                            ) from error
     problems = validate(raw, path.parent, check_imports)
     if problems:
         raise RegistryError(f"{path} breaks the schema documented at its top:\n  - " + "\n  - ".join(problems))

@@ -99,7 +99,8 @@ def test_exporting_a_checkpoint_folder_survives_kills(tmp_path, lightning_checkp
         from morphzoo.cli import main
         print("go", flush=True)
         main(["export", {str(lightning_checkpoint)!r}, os.environ["EXPORT_TO"], "--name", "spiralnet-tiny-spheres",
-              "--fp16", "--dataset", "spheres", "--recipe", "recipes/sphere.yaml"])
+              "--fp16", "--dataset", "spheres", "--recipe", "recipes/sphere.yaml",
+              "--class-path", "morphzoo.methods.SpiralNetPlusPlus"])
     """, env_for=lambda location: {**cache_env(location), "EXPORT_TO": str(location / "out" / "exported")},
         target="out")
 
