@@ -36,7 +36,7 @@ from pathlib import Path
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import FileMetadataError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-from morphzoo.cache import CacheWriteError, atomic_file
+from morphzoo.cache import CacheWriteError, atomic_file, entry_lock
 from morphzoo.cache import cache_dir as morphzoo_cache_dir
 from morphzoo.errors import MorphzooError
 
@@ -188,7 +188,23 @@ def _snapshot_path(cache: Path, repo_id: str, revision: str, filename: str) -> P
 
 
 def _download(repo_id: str, filename: str, revision: str, endpoint: str, cache: Path) -> Path:
-    """``hf_hub_download`` with explicit endpoint/cache; offline and network failures fall back to the cache."""
+    """``hf_hub_download`` with explicit endpoint/cache, under the repository's lock; offline and network failures
+    fall back to the cache.
+
+    huggingface_hub downloads into a process-unique ``blobs/<etag>.<random>.incomplete`` and never resumes it, so a
+    killed download leaves one behind for good. Every morphzoo download of a repository holds that repository's
+    lock, so any ``.incomplete`` found while holding it is a dead process's and is removed.
+    """
+    if _snapshot_path(cache, repo_id, revision, filename).exists():
+        return _download_unlocked(repo_id, filename, revision, endpoint, cache)  # cached: a read-only cache serves it
+    repository = cache / f"models--{repo_id.replace('/', '--')}"
+    with entry_lock(repository):
+        for stale in (repository / "blobs").glob("*.incomplete"):
+            stale.unlink(missing_ok=True)
+        return _download_unlocked(repo_id, filename, revision, endpoint, cache)
+
+
+def _download_unlocked(repo_id: str, filename: str, revision: str, endpoint: str, cache: Path) -> Path:
     offline = is_offline()
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache, endpoint=endpoint,

@@ -25,8 +25,9 @@ TEMPORARY = "*.tmp"
 
 def child(code: str, env: dict[str, str]) -> subprocess.Popen:
     """``python -c code``; the code prints ``go`` (flushed) where its stage starts, after its imports."""
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env}
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def run_to_end(code: str, env: dict[str, str], timeout: float = 300) -> float:
