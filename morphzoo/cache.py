@@ -155,7 +155,7 @@ def entry_lock(path: Path) -> Iterator[None]:
         lock = FileLock(lock_path)
         lock.acquire()
     except OSError as error:
-        raise write_error(lock_path, error) from error
+        raise write_error(path, error) from error  # names the entry being written; the lock beside it is the cause
     try:
         for stale in path.parent.glob(f"{_temporary_prefix(path)}*{TEMPORARY_SUFFIX}"):
             if stale.is_dir():

@@ -40,17 +40,18 @@ def run_to_end(code: str, env: dict[str, str], timeout: float = 300) -> float:
     return time.monotonic() - start
 
 
-def kill_during(code: str, env: dict[str, str], *, after: float | None = None, watch: Path | None = None,
-                temporary: str = TEMPORARY) -> bool:
-    """Start the stage and SIGKILL it ``after`` seconds past ``go``, or as soon as a file matching ``temporary``
-    appears under ``watch``. Returns whether it was still running when killed (False: it had already finished)."""
+def kill_during(code: str, env: dict[str, str], *, after: float | None = None, watch: Path | None = None) -> bool:
+    """Start the stage and SIGKILL it ``after`` seconds past ``go``, or as soon as its first file (a lock aside)
+    appears under ``watch``: the earliest moment it writes data. Returns whether it was still running when killed
+    (False: it had already finished)."""
     process = child(code, env)
     assert process.stdout.readline().strip() == "go", process.stderr.read()
     start = time.monotonic()
     while process.poll() is None:
         if after is not None and time.monotonic() - start >= after:
             break
-        if watch is not None and watch.exists() and any(watch.rglob(temporary)):
+        if watch is not None and watch.exists() and any(p.is_file() and not p.name.endswith(".lock")
+                                                        for p in watch.rglob("*")):
             break
         time.sleep(0.002)
     running = process.poll() is None
@@ -100,7 +101,7 @@ class KillReport:
 def survives_kills(tmp_path: Path, code: str, env_for, reference: dict[str, str], seconds: float,
                    fractions: tuple[float, ...] = (0.25, 0.6), target: str = "cache",
                    ignore: tuple[str, ...] = (), temporary: str = TEMPORARY) -> KillReport:
-    """Kill the stage when its first temporary appears and at ``fractions`` of its uninterrupted duration, each time
+    """Kill the stage when its first file appears and at ``fractions`` of its uninterrupted duration, each time
     in a fresh location; after each kill, check that nothing partial stands in for a finished file, run the stage
     again to its end and compare with ``reference`` bit for bit. ``env_for(folder)`` gives the child's environment
     for a location; ``target`` names the folder inside it that the stage writes, ``temporary`` the pattern of the
@@ -110,7 +111,7 @@ def survives_kills(tmp_path: Path, code: str, env_for, reference: dict[str, str]
         location = tmp_path / f"kill-{index}"
         written = location / target
         interrupted = kill_during(code, env_for(location), after=None if fraction is None else fraction * seconds,
-                                  watch=written, temporary=temporary)
+                                  watch=written)
         report.kills += 1
         report.interrupted += interrupted
         after_kill = tree_digest(written, ignore) if written.exists() else {}

@@ -1,7 +1,7 @@
 """Processes killed with SIGKILL in the middle of every stage that writes to disk leave nothing a later run trusts.
 
 For each stage: one uninterrupted run gives the reference; then, each time in a fresh location, the stage is killed
-when its first temporary appears and at 25 % and 60 % of the reference's duration, what it left is checked (a file
+when it writes its first file and at 25 % and 60 % of the reference's duration, what it left is checked (a file
 under its final name must be complete), and the next run must succeed and reproduce the reference bit for bit with no
 stale temporary left (:func:`tests.reliability.processes.survives_kills`).
 """
