@@ -25,7 +25,8 @@ ALLOWED = {
     "recipes": {"data", "errors", "methods", "resources"},
     "zoo": {"cache", "errors", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources",
             "__init__"},  # __version__
-    "cli": {"cache", "errors", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources", "zoo", "loggers"},
+    "cli": {"cache", "errors", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources", "zoo",
+            "loggers"},
     "__main__": {"cli"},
     "__init__": {"zoo"},
 }

@@ -79,20 +79,9 @@ def test_building_sampling_matrices_and_spirals_survives_kills(tmp_path):
 
 @pytest.fixture(scope="module")
 def lightning_checkpoint(tmp_path_factory):
-    from lightning import Trainer
+    from tests.zoo.test_registry import train_tiny_lightning_checkpoint
 
-    from morphzoo.methods import SpiralNetPlusPlus
-    from tests.synthetic import SphereDataModule
-
-    folder = tmp_path_factory.mktemp("run")
-    data = SphereDataModule(identities=2, expressions=2, frames=20)
-    model = SpiralNetPlusPlus(template=data.template, mean=data.mean, std=data.std, latent_dim=4,
-                              encoder_channels=(8, 8, 8, 8))
-    trainer = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder)
-    trainer.fit(model, datamodule=data)
-    trainer.save_checkpoint(folder / "run.ckpt")
-    return folder / "run.ckpt"
+    return train_tiny_lightning_checkpoint(tmp_path_factory.mktemp("run"))[0]
 
 
 def test_exporting_a_checkpoint_folder_survives_kills(tmp_path, lightning_checkpoint):

@@ -280,7 +280,9 @@ def test_updating_an_entry_keeps_the_schema_header(tmp_path):
         zoo.update_entry(path, "spiralnet-tiny-spheres", {"status": "available"})
 
 
-def test_cli_export_prints_a_registry_block(tmp_path, capsys):
+def train_tiny_lightning_checkpoint(folder: Path):
+    """``folder/run.ckpt`` (and the model): a SpiralNet++ on spheres after one training step (what `morphzoo export`
+    reads)."""
     from lightning import Trainer
 
     from morphzoo.methods import SpiralNetPlusPlus
@@ -290,9 +292,14 @@ def test_cli_export_prints_a_registry_block(tmp_path, capsys):
     model = SpiralNetPlusPlus(template=data.template, mean=data.mean, std=data.std, latent_dim=4,
                               encoder_channels=(8, 8, 8, 8))
     trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder)
     trainer.fit(model, datamodule=data)
-    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    trainer.save_checkpoint(folder / "run.ckpt")
+    return folder / "run.ckpt", model
+
+
+def test_cli_export_prints_a_registry_block(tmp_path, capsys):
+    _, model = train_tiny_lightning_checkpoint(tmp_path)
     out = tmp_path / "exported"
     capsys.readouterr()
     output = cli(capsys, "export", str(tmp_path / "run.ckpt"), str(out), "--name", "spiralnet-tiny-spheres", "--fp16",
