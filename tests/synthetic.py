@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import trimesh
 
@@ -88,3 +90,8 @@ class BU3DFELikeDataModule(MeshDataModule):
 
     def load_collection(self) -> MeshCollection:
         return bu3dfe_like(*self.sizes)
+
+
+def cache_entries(folder: Path) -> list[Path]:
+    """The entries of a cache folder, without the hidden ``.NAME.lock`` files of their writers."""
+    return sorted(p for p in folder.iterdir() if not p.name.endswith(".lock"))

@@ -11,6 +11,7 @@ import shutil
 import site
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -105,3 +106,23 @@ def test_an_installed_wheel_fits_a_packaged_recipe_by_name_and_a_users_own(venv,
     assert "class_path: morphzoo.methods.PCA" in config and "latent_dim: 7" in config
     result = run([*fit[:2], "-c", "mine/own.yaml", *fit[2:]], cwd=tmp_path, env=user_env)
     assert "val/error_mm" in result.stdout + result.stderr
+
+
+def test_an_installed_wheel_locks_its_cache_and_names_malformed_files(venv, user_env, tmp_path):
+    (tmp_path / "broken.yaml").write_bytes((ROOT / "recipes" / "pca.yaml").read_bytes()[:200] + b"\xff\xfe: [")
+    code = textwrap.dedent("""
+        import numpy as np
+        from morphzoo.cache import cache_dir, cached_arrays
+        from morphzoo.errors import MorphzooError
+        from morphzoo.recipes import parse
+        print(float(cached_arrays("sampling", "entry", lambda: {"x": np.arange(4.0)})["x"].sum()))
+        print(sorted(p.name for p in (cache_dir() / "sampling").iterdir()))
+        try:
+            parse("broken.yaml")
+        except MorphzooError as error:
+            print(type(error).__name__, "broken.yaml" in str(error))
+        parse("decoupled-gan-anny-bu3dfe")  # a shipped recipe, by name
+    """)
+    env = {**user_env, "MORPHZOO_CACHE": str(tmp_path / "cache")}
+    output = run([venv / "bin" / "python", "-c", code], cwd=tmp_path, env=env).stdout.splitlines()
+    assert output == ["6.0", "['.entry.npz.lock', 'entry.npz']", "RecipeError True"]

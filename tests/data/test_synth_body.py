@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from morphzoo.data.synth import body
+from tests.synthetic import cache_entries
 
 pytestmark = pytest.mark.slow  # needs anny's body model (first build ~90-120 s)
 
@@ -227,7 +228,7 @@ def test_sides_in_motion(tiny):
 def test_load_caches_the_collection(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("MORPHZOO_CACHE", str(tmp_path))
     first = body.load_anny_body("tiny", seed=0)
-    (entry,) = (tmp_path / "datasets").iterdir()
+    (entry,) = cache_entries(tmp_path / "datasets")
     assert entry.name.startswith("anny-body-tiny-")
     assert isinstance(first.vertices, np.memmap)
     assert np.array_equal(first.vertices, tiny.vertices)

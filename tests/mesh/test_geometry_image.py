@@ -14,7 +14,7 @@ from morphzoo.mesh.geometry_image import (
 )
 from morphzoo.mesh.template import Template
 from morphzoo.nn.geometry_mapping import GeometryMapping
-from tests.synthetic import sphere_template
+from tests.synthetic import cache_entries, sphere_template
 
 SIZE = 8
 
@@ -98,10 +98,10 @@ def test_a_closed_template_without_uvs_is_refused_with_the_fix():
 def test_the_matrix_is_cached_by_content(tmp_path):
     template = grid_template(5)
     first = geometry_image_matrix(template, SIZE)
-    assert len(list((tmp_path / "geometry-images").iterdir())) == 1
+    assert len(cache_entries(tmp_path / "geometry-images")) == 1
     moved = Template(vertices=template.vertices * 2, faces=template.faces, uv=template.uv, uv_faces=template.uv_faces)
     geometry_image_matrix(moved, SIZE)
-    assert len(list((tmp_path / "geometry-images").iterdir())) == 2
+    assert len(cache_entries(tmp_path / "geometry-images")) == 2
     assert (geometry_image_matrix(template, SIZE) != first).nnz == 0
 
 

@@ -25,7 +25,7 @@ from morphzoo.zoo.embedding import (
     training_options,
     verification_pairs,
 )
-from tests.synthetic import BU3DFELikeDataModule, SphereDataModule
+from tests.synthetic import BU3DFELikeDataModule, SphereDataModule, cache_entries
 
 FAST = {"epochs": 30, "validation_pairs": 500, "image_size": 32}  # at most 90 small batches: seconds
 
@@ -184,7 +184,7 @@ def test_the_cache_returns_the_same_embedding_without_retraining(grid, tmp_path,
     calls = counting_trainer(monkeypatch)
     first = load_or_train_embedding(grid, "identity", epochs=1, validation_pairs=50)
     assert len(calls) == 1
-    folders = list((tmp_path / "embeddings").iterdir())
+    folders = cache_entries(tmp_path / "embeddings")
     assert len(folders) == 1 and {p.name for p in folders[0].iterdir()} == {"model.safetensors", "config.json"}
     config = json.loads((folders[0] / "config.json").read_text())
     assert config["threshold"] == first.threshold and config["options"]["epochs"] == 1
@@ -205,7 +205,7 @@ def test_other_options_or_factors_are_other_cache_entries(grid, tmp_path, monkey
     load_or_train_embedding(grid, "identity", epochs=1, validation_pairs=50)
     load_or_train_embedding(grid, "identity", epochs=1, validation_pairs=50, margin=0.3)
     load_or_train_embedding(grid, "expression", epochs=1, validation_pairs=50)
-    assert len(calls) == 3 and len(list((tmp_path / "embeddings").iterdir())) == 3
+    assert len(calls) == 3 and len(cache_entries(tmp_path / "embeddings")) == 3
     with pytest.raises(TypeError):
         training_options(epoch=3)  # a misspelt option is an error, not a new cache entry
 
@@ -215,7 +215,7 @@ def test_a_corrupt_cache_entry_is_reported_and_retrained(grid, tmp_path, monkeyp
     monkeypatch.setenv("MORPHZOO_CACHE", str(tmp_path))
     calls = counting_trainer(monkeypatch)
     first = load_or_train_embedding(grid, "identity", epochs=1, validation_pairs=50)
-    (folder,) = (tmp_path / "embeddings").iterdir()
+    (folder,) = cache_entries(tmp_path / "embeddings")
     weights, config = folder / "model.safetensors", folder / "config.json"
     if damage == "truncate":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
