@@ -35,8 +35,8 @@ def check_stage(tmp_path: Path, code: str, env_for=cache_env, target: str = "cac
     report = survives_kills(tmp_path, code, env_for, reference, seconds, target=target, ignore=ignore,
                             temporary=temporary)
     assert report.interrupted >= 1, f"no kill landed while the stage ran ({seconds:.2f} s): {report.left}"
-    print(f"{report.interrupted}/{report.kills} kills interrupted the stage ({seconds:.2f} s uninterrupted); left: "
-          f"{'; '.join(report.left)}")  # shown with pytest -rP: the README's figures
+    print(f"{report.interrupted}/{report.kills} kills stopped the stage unfinished ({seconds:.2f} s uninterrupted); "
+          f"left: {'; '.join(report.left)}")  # shown with pytest -rP: the README's figures
     return report
 
 
