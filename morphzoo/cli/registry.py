@@ -15,13 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from morphzoo.errors import MorphzooError
 from morphzoo.zoo import hub
 from morphzoo.zoo.bench import run_bench
 from morphzoo.zoo.build import build_entry
 from morphzoo.zoo.checkpoint import export_lightning_checkpoint
 from morphzoo.zoo.registry import (
     Entry,
-    NotAvailableError,
     RegistryError,
     entry_folder,
     list_models,
@@ -121,8 +121,7 @@ def run(args: argparse.Namespace) -> None:
     """Run one of :data:`COMMANDS` (already parsed)."""
     try:
         _run(args)
-    except (RegistryError, NotAvailableError, hub.ChecksumError, hub.HubUnavailableError, ValueError,
-            FileExistsError) as error:
+    except (MorphzooError, ValueError, FileExistsError) as error:  # MorphzooError: registry, Hub, cache, recipes
         raise SystemExit(f"morphzoo {args.command}: {error}") from None
 
 

@@ -24,20 +24,23 @@ TEMPORARY = "*.tmp"
 
 
 def child(code: str, env: dict[str, str]) -> subprocess.Popen:
-    """``python -c code``; the code prints ``go`` (flushed) where its stage starts, after its imports."""
+    """``python -c code``; the code prints ``go`` (flushed) where its stage starts, after its imports, and ``done``
+    is printed when it ends (before the interpreter's own shutdown, which can take longer than the stage)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env}
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", code + '\nprint("done", flush=True)\n'], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run_to_end(code: str, env: dict[str, str], timeout: float = 300) -> float:
-    """Run the stage to its end; returns the seconds from ``go`` to exit. A failing stage fails the test."""
+    """Run the stage to its end; returns the seconds from ``go`` to ``done``. A failing stage fails the test."""
     process = child(code, env)
     assert process.stdout.readline().strip() == "go", process.stderr.read()
     start = time.monotonic()
+    finished = any(line.strip() == "done" for line in iter(process.stdout.readline, ""))  # the stage may print too
+    seconds = time.monotonic() - start
     _, stderr = process.communicate(timeout=timeout)
-    assert process.returncode == 0, stderr
-    return time.monotonic() - start
+    assert finished and process.returncode == 0, stderr
+    return seconds
 
 
 def kill_during(code: str, env: dict[str, str], *, after: float | None = None, watch: Path | None = None) -> bool:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from morphzoo.metrics.vertex_error import VertexError
+from morphzoo.recipes import RecipeError
 from morphzoo.zoo import hub
 from morphzoo.zoo import registry as zoo
 from morphzoo.zoo.bench import datamodule_for
@@ -62,5 +63,5 @@ def test_bench_names_a_malformed_override(tmp_path):
     path = write_registry_file(tmp_path, [registry_entry("spiralnet-tiny-spheres", build={
         "seed": 0, "overrides": ["--data.init_args.no_such_argument=3"]})])
     registry = zoo.load_registry(path)
-    with pytest.raises(SystemExit):  # LightningCLI's own error, which names the argument, on stderr
+    with pytest.raises(RecipeError, match="no_such_argument"):
         datamodule_for(registry.get("spiralnet-tiny-spheres"), registry)
