@@ -184,8 +184,7 @@ def test_ibvae_learns_neutral_faces_on_tiny_data(data):
     model.train()
     # 80 epochs, not fewer: at 30 the outcome swung between 0.2x and 1.4x of `before` with the seed (and with the
     # floating-point summation order other tests leave behind); at 80 five seeds ended at 0.11x-0.21x run alone, and
-    # one full-suite run (same seed, another summation order) at 0.72x: hence the bound 0.8x, not 0.5x. Without
-    # learning the error does not fall at all (the untrained decoder's neutral is the template's).
+    # one full-suite run (same seed, another summation order) at 0.72x: hence the bound 0.8x, not 0.5x.
     Trainer(max_epochs=80, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, limit_val_batches=0).fit(model, datamodule=data)
     after = neutral_error()

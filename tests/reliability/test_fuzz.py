@@ -1,7 +1,7 @@
 """Every reader of a user-supplied file, fed truncated and garbled copies of a valid one, either reads it or raises
 one of morphzoo's own errors naming the file: no bare library traceback, no hang, no partial cache entry.
 
-Each file kind gets the same ten cases (:func:`mutations`): empty, its first byte, truncated at 10 / 50 / 90 %, four
+Each file kind gets the same eleven cases (:func:`mutations`): empty, its first byte, truncated at 10 / 50 / 90 %, four
 copies with 8 random bytes overwritten, random bytes of the same length, and text of another format. A garbled copy
 may still be valid (a changed digit in a coordinate); an empty or half file never is.
 """
