@@ -45,9 +45,13 @@ class CacheWriteError(MorphzooError, OSError):
     """A file or folder could not be written: disk full, read-only, or no permission. The message names the path."""
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("MORPHZOO_CACHE", Path.home() / ".cache" / "morphzoo"))
+
+
 def cache_dir() -> Path:
-    """The root of morphzoo's cache (``$MORPHZOO_CACHE`` or ``~/.cache/morphzoo``)."""
-    root = Path(os.environ.get("MORPHZOO_CACHE", Path.home() / ".cache" / "morphzoo"))
+    """The root of morphzoo's cache (``$MORPHZOO_CACHE`` or ``~/.cache/morphzoo``), created if missing."""
+    root = _cache_root()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -74,7 +78,7 @@ def write_error(path: Path, error: OSError) -> OSError:
     """``error`` as a :class:`CacheWriteError` that names ``path`` and the fix, when it is a cannot-write error."""
     if error.errno not in WRITE_ERRNOS or isinstance(error, CacheWriteError):
         return error
-    root = Path(os.environ.get("MORPHZOO_CACHE", Path.home() / ".cache" / "morphzoo")).expanduser().absolute()
+    root = _cache_root().expanduser().absolute()  # not cache_dir(): creating the root may be what failed
     inside_cache = Path(path).absolute().is_relative_to(root)
     fix = (f"it is in morphzoo's cache {root}: free space or make it writable there, or set MORPHZOO_CACHE to "
            "another folder" if inside_cache else "free space or make the location writable, or choose another one")
