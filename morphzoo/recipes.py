@@ -16,10 +16,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
 
+from morphzoo.callbacks import AtomicCheckpointIO, ResumeCheckpoint
 from morphzoo.data.base import MeshDataModule
 from morphzoo.errors import MorphzooError
 from morphzoo.methods.base import MorphableModel
@@ -85,6 +87,34 @@ class MorphzooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in ("template", "mean", "std"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        parser.add_lightning_class_args(ResumeCheckpoint, "resume")  # every trainer gets one (``resume:`` in a recipe)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config.get("ckpt_path") == "last":
+            continue_last_run(config.trainer)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        if self._get(self.config_init, "trainer", default={}).get("plugins") is None:
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
+
+
+def continue_last_run(trainer: Namespace) -> None:
+    """Point a file logger without a fixed version (CSV, TensorBoard) at the newest of its runs that saved a
+    ``last*.ckpt``, so that ``--ckpt_path last`` finds that checkpoint and the resumed run logs and checkpoints into
+    the same folder. Lightning would otherwise open a new version folder and look for ``last`` there, find none and
+    start from scratch."""
+    logger = trainer.get("logger")
+    arguments = logger.get("init_args") if isinstance(logger, Namespace) else None
+    if arguments is None or arguments.get("version") is not None or arguments.get("save_dir") is None:
+        return
+    runs = Path(arguments.save_dir) / str(arguments.get("name") or "lightning_logs")
+    resumable = [folder for folder in runs.glob("version_*") if any((folder / "checkpoints").glob("last*.ckpt"))]
+    if resumable:
+        newest = max(resumable, key=lambda folder: max(p.stat().st_mtime for p in
+                                                        (folder / "checkpoints").glob("last*.ckpt")))
+        arguments.version = newest.name
 
 
 class _ParsedRecipe(MorphzooCLI):

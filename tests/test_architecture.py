@@ -22,7 +22,8 @@ ALLOWED = {
     "metrics": set(),  # pure torchmetrics: no method, no dataset
     "data": {"cache", "errors", "mesh"},
     "methods": {"mesh", "nn", "metrics", "fitting"},
-    "recipes": {"data", "errors", "methods", "resources"},
+    "callbacks": {"cache"},
+    "recipes": {"callbacks", "data", "errors", "methods", "resources"},
     "zoo": {"cache", "errors", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources",
             "__init__"},  # __version__
     "cli": {"cache", "errors", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources", "zoo",

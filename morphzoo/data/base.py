@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from morphzoo.data.collection import MeshCollection
 from morphzoo.data.splits import split_indices
@@ -59,6 +59,30 @@ class MeshSubset(Dataset):
         if self.collection.neutral is not None and "identity" in self.collection.labels:
             batch["neutral"] = torch.from_numpy(self.collection.neutral[self.collection.labels["identity"][index]])
         return batch
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order of ``size`` items that depends only on ``(seed, epoch)``, and can start part-way into an epoch.
+
+    This is what lets a run resumed from a mid-epoch checkpoint see the very batches the uninterrupted run saw
+    (README, "Reliability"): torch's ``RandomSampler`` draws each epoch's order from the global RNG, whose state a
+    resumed process does not share. Lightning calls :meth:`set_epoch` before each epoch; ``skip`` items are left out
+    of the first pass only (the batches a resumed epoch had already trained on). ``len`` stays the epoch's full size,
+    as Lightning counts the batches of a resumed epoch from where it stopped.
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int = 0, skip: int = 0) -> None:
+        self.size, self.seed, self.epoch, self.skip = size, seed, epoch, skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        yield from np.random.default_rng([self.seed, self.epoch]).permutation(self.size)[skip:].tolist()
 
 
 def _already_batched(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -110,6 +134,20 @@ class MeshDataModule(L.LightningDataModule):
             "test_size": test_size, "split_seed": split_seed, "split_file": split_file,
         }
         self.batch_size, self.num_workers = batch_size, num_workers
+        # The seed of the training order (EpochShuffleSampler): the global seed (``seed_everything``) when the first
+        # loader is made, saved in checkpoints so that a resumed run keeps it even when no seed was set.
+        self.shuffle_seed: int | None = None
+
+    def _shuffle_seed(self) -> int:
+        if self.shuffle_seed is None:
+            self.shuffle_seed = torch.initial_seed()
+        return self.shuffle_seed
+
+    def state_dict(self) -> dict:
+        return {"shuffle_seed": self._shuffle_seed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shuffle_seed = state["shuffle_seed"]
 
     def load_collection(self) -> MeshCollection:
         """Return the dataset's meshes (implemented by each dataset)."""
@@ -195,19 +233,36 @@ class MeshDataModule(L.LightningDataModule):
         keep[ranked[kept]] = True
         return ~keep
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.subset(name), batch_size=self.batch_size, shuffle=shuffle,
+    def _loader(self, name: str, sampler: Sampler[int] | None = None) -> DataLoader:
+        # A private generator: each DataLoader iterator draws a seed, which must not come from the global RNG (a run
+        # resumed mid-epoch would then draw differently from the one it continues).
+        return DataLoader(self.subset(name), batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=_already_batched,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self._shuffle_seed()))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        """Shuffled batches in the order of :class:`EpochShuffleSampler`, starting where the attached trainer's
+        restored progress says (a resumed run continues its epoch; a new one starts at epoch 0, batch 0)."""
+        epoch, batches_done = self._training_position()
+        return self._loader("train", EpochShuffleSampler(len(self.split_indices["train"]), self._shuffle_seed(), epoch,
+                                                         batches_done * self.batch_size))
+
+    def _training_position(self) -> tuple[int, int]:
+        """(epoch, batches already trained in it) of the attached trainer: after a checkpoint is restored, the
+        position the checkpoint was saved at (a checkpoint saved after an epoch's last batch resumes at the next)."""
+        if self.trainer is None:
+            return 0, 0
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch:
+            return self.trainer.current_epoch + 1, 0
+        return self.trainer.current_epoch, progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
