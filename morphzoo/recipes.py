@@ -68,7 +68,9 @@ class MorphzooCLI(LightningCLI):
 
     The values the data determines (template with its vertex count, and the training split's mean/std) are linked
     from the instantiated DataModule into the model, so recipes never repeat them. ``-c`` takes a recipe file or the
-    name of a shipped recipe.
+    name of a shipped recipe. Every trainer gets a :class:`~morphzoo.callbacks.ResumeCheckpoint` (the ``resume``
+    section) and writes checkpoints atomically; ``--ckpt_path last`` continues the newest run
+    (:func:`continue_last_run`).
     """
 
     def __init__(self, args: Sequence[str], run: bool = True, **kwargs) -> None:

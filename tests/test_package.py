@@ -126,3 +126,14 @@ def test_an_installed_wheel_locks_its_cache_and_names_malformed_files(venv, user
     env = {**user_env, "MORPHZOO_CACHE": str(tmp_path / "cache")}
     output = run([venv / "bin" / "python", "-c", code], cwd=tmp_path, env=env).stdout.splitlines()
     assert output == ["6.0", "['.entry.npz.lock', 'entry.npz']", "RecipeError True"]
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_resumes_a_fit_from_its_last_checkpoint(venv, user_env, tmp_path):
+    fit = [venv / "bin" / "morphzoo", "fit", "-c", "spiralnet", "--data.init_args.size=tiny",
+           "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    run([*fit, "--trainer.max_epochs=1"], cwd=tmp_path, env=user_env)
+    result = run([*fit, "--trainer.max_epochs=2", "--ckpt_path", "last"], cwd=tmp_path, env=user_env)
+    restored = [line for line in (result.stdout + result.stderr).splitlines() if "Restored all states" in line]
+    assert restored and restored[0].endswith("runs/spiralnet/version_0/checkpoints/last.ckpt"), result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "runs" / "spiralnet").iterdir()] == ["version_0"]  # the same run continued

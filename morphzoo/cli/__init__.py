@@ -1,5 +1,6 @@
 """Command line: ``morphzoo fit|validate|test|predict -c NAME`` (LightningCLI), ``morphzoo main-job``,
-``morphzoo export-dataset`` and the zoo's ``list|info|download|verify|export|push|zoo|bench`` (:mod:`.registry`).
+``morphzoo export-dataset``, ``morphzoo fit-scan`` (:mod:`.fit_scan`) and the zoo's
+``list|info|download|verify|export|push|zoo|bench`` (:mod:`.registry`).
 
 morphzoo also installs a ``lightning`` console script with the same Lightning sub-commands, because the mission promises
 ``lightning fit -c recipes/NAME.yaml`` and Lightning >= 2.5.1 ships no such command.
@@ -11,10 +12,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from morphzoo.cli import main_job
+from morphzoo.cli import fit_scan, main_job
 from morphzoo.cli import registry as registry_cli
 from morphzoo.data.anny import ANNY_DATASETS, load_anny_dataset
 from morphzoo.data.export import FORMATS, export_collection
+from morphzoo.errors import MorphzooError
 from morphzoo.recipes import MorphzooCLI
 from morphzoo.resources import ResourceError
 
@@ -41,19 +43,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(prog="morphzoo", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(
-        (*LIGHTNING_SUBCOMMANDS, "main-job", "export-dataset", *registry_cli.COMMANDS)) + "}")
+        (*LIGHTNING_SUBCOMMANDS, "main-job", "export-dataset", "fit-scan", *registry_cli.COMMANDS)) + "}")
     for name in LIGHTNING_SUBCOMMANDS:
         commands.add_parser(name, help=f"Lightning {name} from a recipe (morphzoo {name} -c recipes/NAME.yaml)")
     job = commands.add_parser("main-job", help="generate anny-face, train, evaluate and write a report")
     main_job.add_arguments(job)
     export = commands.add_parser("export-dataset", help="write an embedded anny dataset in a real dataset's format")
     _add_export_arguments(export)
+    fit_scan.add_arguments(commands.add_parser("fit-scan", help="register a raw scan or point cloud to a model"))
     registry_cli.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "main-job":
         main_job.run_main_job(args)
     elif args.command == "export-dataset":
         _export_dataset(args)
+    elif args.command == "fit-scan":
+        try:
+            fit_scan.run(args)
+        except (MorphzooError, ValueError, FileNotFoundError) as error:
+            raise SystemExit(f"morphzoo fit-scan: {error}") from None
     elif args.command in registry_cli.COMMANDS:
         registry_cli.run(args)
     else:

@@ -89,6 +89,35 @@ def parse_mesh(data: bytes, suffix: str, source: str) -> tuple[np.ndarray, np.nd
     return vertices, faces
 
 
+def read_points(path: str | os.PathLike, samples: int = 20000) -> np.ndarray:
+    """The points of a raw scan, as (N, 3) float64: a point cloud's points, or ``samples`` points spread uniformly by
+    area over a mesh's surface (fixed seed). A scanner's vertices crowd where it resolved detail; area-uniform points
+    weigh the surface evenly, as :func:`~morphzoo.fitting.fit_scan` expects. PLY, OBJ, or another format trimesh
+    reads.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        DataError: the file is unreadable or holds no points.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scan file not found: {path}")
+    try:
+        loaded = trimesh.load(io.BytesIO(path.read_bytes()), file_type=path.suffix.lower().lstrip("."), process=False)
+        if isinstance(loaded, trimesh.Scene):
+            loaded = loaded.to_geometry()
+        if isinstance(loaded, trimesh.Trimesh) and len(loaded.faces) and loaded.area > 0:
+            points, _ = trimesh.sample.sample_surface(loaded, samples, seed=0)
+        else:
+            points = loaded.vertices
+        points = np.asarray(points, dtype=np.float64)
+    except Exception as error:  # trimesh's loaders raise many exception types on malformed input
+        raise DataError(f"{path}: cannot read the scan ({type(error).__name__}: {error})") from error
+    if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+        raise DataError(f"{path}: no 3D points (empty, truncated, or not a mesh or point-cloud file)")
+    return points
+
+
 _POLYGON_MESH = ("{source}: a quad or polygon mesh ({found}); read_mesh reads triangle meshes only, so as not to "
                  "triangulate it silently. Read it with morphzoo.mesh.read_polygon_mesh; for a dataset of quad meshes, "
                  "use a quad template (read_template keeps its quads): the folder reader then reads every mesh's quads")

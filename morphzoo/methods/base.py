@@ -14,9 +14,11 @@ from collections.abc import Iterable, Sequence
 import lightning as L
 import numpy as np
 import torch
+import trimesh
 from torch import Tensor
 from torch.nn import functional as F
 
+from morphzoo.fitting import ScanFit, fit_scan
 from morphzoo.mesh.template import Template
 from morphzoo.metrics.vertex_error import VertexError
 
@@ -288,6 +290,17 @@ class MorphableModel(L.LightningModule):
             raise TypeError(f"{type(self).__name__}.{method} needs a tensor latent code; this model encodes to "
                             f"{type(latents[0]).__name__}: combine its parts yourself and call decode")
         return [latent.expand(size, *latent.shape[1:]) for latent in latents], not sizes
+
+    # ----------------------------------------------------------------------------------------------- raw scans
+    def fit_scan(self, scan, **options) -> ScanFit:
+        """Register a raw scan or point cloud, in any units and pose, with holes, noise or crops, to this model's
+        template: the similarity transform and the code (optionally a smooth per-vertex residual). ``scan``: (N, 3)
+        points spread over the surface (a raw scan's), a ``trimesh.Trimesh`` (its surface is sampled by area, 20000
+        points), or a batch (B, N, 3) / list; ``options``: those of :func:`morphzoo.fitting.fit_scan` (e.g.
+        ``units_per_metre=1000`` for a scan in mm, ``fit_offsets=True``)."""
+        if isinstance(scan, trimesh.Trimesh):
+            scan = trimesh.sample.sample_surface(scan, 20000, seed=0)[0]
+        return fit_scan(self, scan, **options)
 
     # ------------------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
