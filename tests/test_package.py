@@ -137,3 +137,16 @@ def test_an_installed_wheel_resumes_a_fit_from_its_last_checkpoint(venv, user_en
     restored = [line for line in (result.stdout + result.stderr).splitlines() if "Restored all states" in line]
     assert restored and restored[0].endswith("runs/spiralnet/version_0/checkpoints/last.ckpt"), result.stderr[-3000:]
     assert [p.name for p in (tmp_path / "runs" / "spiralnet").iterdir()] == ["version_0"]  # the same run continued
+
+
+def test_an_installed_wheel_fits_a_raw_scan(venv, user_env, tmp_path):
+    code = textwrap.dedent("""
+        import numpy as np, trimesh, morphzoo
+        model = morphzoo.load("pca-anny-face")
+        mesh = trimesh.Trimesh(model.template.vertices * 1000, model.template.faces, process=False)
+        mesh.export("scan.ply")
+    """)
+    run([venv / "bin" / "python", "-c", code], cwd=tmp_path, env=user_env)
+    result = run([venv / "bin" / "morphzoo", "fit-scan", "pca-anny-face", "scan.ply", "--steps", "20"], cwd=tmp_path,
+                 env=user_env)
+    assert "scan units per metre" in result.stdout and (tmp_path / "scan-registered.ply").is_file()

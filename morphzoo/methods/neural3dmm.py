@@ -1,10 +1,11 @@
 """Neural3DMM (Bouritsas, Bokhnyak, Ploumpis, Zafeiriou, Bronstein; ICCV 2019): spiral convolutional mesh autoencoder.
 
 The hierarchical autoencoder of CoMA with anisotropic spiral convolutions (paper §3.2): each vertex's neighbourhood is
-serialised as a spiral that starts at the vertex, enters its 1-ring at the neighbour closest to a fixed reference
-vertex and continues ring by ring in the same direction, keeping every ``dilation``-th vertex; every spiral of a level
-is cut or padded to ``L = int(mean + 2·std)`` of the spiral lengths, padding pointing at a dummy all-zero vertex
-(``morphzoo.mesh.spirals.neural3dmm_spirals``). A spiral convolution concatenates the features along the spiral and
+serialised as a spiral that starts at the vertex, enters its 1-ring at the neighbour on the shortest path (by edge
+length) to a fixed reference vertex and continues ring by ring in the same direction; dilation keeps the centre, that
+first neighbour and every ``dilation``-th entry after it, and a ring cut by the boundary carries a gap mark, as in the
+reference implementation; every spiral of a level is cut or padded to ``L = int(mean + 2·std)`` of the spiral
+lengths, padding and gap marks pointing at a dummy all-zero vertex (``morphzoo.mesh.spirals.neural3dmm_spirals``). A spiral convolution concatenates the features along the spiral and
 applies one linear layer. QEM down/up-sampling between levels, as CoMA.
 
 Defaults are the paper's DFAUST setting (:data:`SETTINGS` ``"dfaust"``): factors [4, 4, 4, 4], spiral rings (step

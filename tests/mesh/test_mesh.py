@@ -270,44 +270,67 @@ def test_spiralnet_on_a_mesh_smaller_than_the_spiral():
     assert spirals.min() >= 0 and spirals.max() < 12
 
 
-def test_neural3dmm_padding_is_exactly_where_the_rings_are_short():
+def test_neural3dmm_spirals_hold_the_rings_padded_at_the_end_with_gap_marks_only_where_the_boundary_cuts():
     template = wavy_grid(10)
-    rings = 2
+    rings, n = 2, template.num_vertices
     spirals = neural3dmm_spirals(template, rings=rings)
     hops = hop_distances(template)
-    ball_sizes = (hops <= rings).sum(axis=1)
-    length = int(ball_sizes.mean() + 2 * ball_sizes.std())
-    assert spirals.shape == (template.num_vertices, length)
-    padding = spirals == template.num_vertices
-    assert padding.any()
-    assert np.array_equal((~padding).sum(axis=1), np.minimum(ball_sizes, length))
-    assert np.all(np.diff(padding.astype(int), axis=1) >= 0)  # the dummy index only at the end
+    adjacency = adjacency_matrix(template).toarray() > 0
     for vertex, spiral in enumerate(spirals.tolist()):
-        entries = spiral[: min(ball_sizes[vertex], length)]
-        assert np.all(hops[vertex, entries] <= rings)
-        assert len(set(entries)) == len(entries)
+        real = [i for i in spiral if i != n]
+        assert len(set(real)) == len(real) and np.all(hops[vertex, real] <= rings)
+        # inside the spiral (before its padding) a dummy entry marks a cut: its neighbours share no edge
+        last = max(i for i, entry in enumerate(spiral) if entry != n)
+        for i in range(1, last):
+            if spiral[i] == n:
+                assert not adjacency[spiral[i - 1], spiral[i + 1]], (vertex, spiral)
+        interior = not any(hops[vertex, b] <= rings for b in np.flatnonzero(boundary_vertices(template)))
+        if interior:  # a spiral that never meets the boundary has no mark and holds its whole ball
+            assert n not in spiral[:last] and len(real) == min((hops[vertex] <= rings).sum(), len(spiral))
+    one_rings = spirals_module.ordered_one_rings(template.faces, n)
+    marked = [v for v in np.flatnonzero(boundary_vertices(template)) if n in spirals[v, 1:len(one_rings[v]) + 1]]
+    assert marked, "a boundary vertex whose 1-ring starts inside its fan carries a gap mark"
 
 
-def test_neural3dmm_spirals_start_towards_the_reference_vertex():
+def boundary_vertices(template: Template) -> np.ndarray:
+    edges = np.sort(template.faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    unique, counts = np.unique(edges, axis=0, return_counts=True)
+    boundary = np.zeros(template.num_vertices, dtype=bool)
+    boundary[unique[counts == 1].ravel()] = True
+    return boundary
+
+
+def test_neural3dmm_spirals_start_on_the_shortest_path_to_the_reference_by_edge_length():
     template = icosphere()
+    jitter = np.random.default_rng(0).normal(scale=0.03, size=template.vertices.shape)  # edges of unequal length
+    template = Template(vertices=template.vertices + jitter, faces=template.faces, name="jittered")
     reference = 100
     spirals = neural3dmm_spirals(template, rings=2, reference_vertex=reference)
+    edges = adjacency_matrix(template).tocoo()
+    lengths = np.linalg.norm(template.vertices[edges.row] - template.vertices[edges.col], axis=1)
+    weighted = scipy.sparse.csr_matrix((lengths, (edges.row, edges.col)), shape=edges.shape)
+    distance = scipy.sparse.csgraph.dijkstra(weighted, indices=reference)
     hops = hop_distances(template)[reference]
     corners = oriented_corners(template.faces)
-    assert np.array_equal(spirals[:, 0], np.arange(642))
+    off_hop_path = 0
     for vertex, spiral in enumerate(spirals.tolist()):
+        first = spiral[1]
         if vertex != reference:
-            assert hops[spiral[1]] == hops[vertex] - 1
-        assert (vertex, spiral[1], spiral[2]) in corners
+            step = np.linalg.norm(template.vertices[vertex] - template.vertices[first])
+            assert math.isclose(distance[first] + step, distance[vertex], rel_tol=1e-9)
+            off_hop_path += hops[first] != hops[vertex] - 1
+        assert (vertex, first, spiral[2]) in corners
+    assert off_hop_path > 0  # the test tells edge length from hop count
 
 
-def test_neural3dmm_dilation_keeps_the_centre_and_every_dilation_th_entry():
-    template = icosphere()  # closed: every spiral fits its length, no padding
+def test_neural3dmm_dilation_keeps_the_centre_the_first_neighbour_and_every_dilation_th_entry_after_it():
+    template = icosphere()  # closed: no gap marks; each spiral fits its length, valence-5 ones padded at the end
     full = neural3dmm_spirals(template, rings=2)
     dilated = neural3dmm_spirals(template, rings=2, dilation=2)
     n = template.num_vertices
     for full_row, dilated_row in zip(full.tolist(), dilated.tolist(), strict=True):
-        expected = [i for i in full_row if i != n][::2]
+        spiral = [i for i in full_row if i != n]
+        expected = spiral[:1] + spiral[1::2]  # positions 0, 1, 3, 5, ...: the reference-direction neighbour stays
         assert [i for i in dilated_row if i != n] == expected[: len(dilated_row)]
 
 
