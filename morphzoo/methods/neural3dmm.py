@@ -25,6 +25,7 @@ Choices, stated:
 - The dummy vertex exists only inside the spiral convolution (``SpiralConv(pad_with_dummy=True)``); the reference code
   also carried it through the fully connected layers, adding weights that only ever multiply zeros.
 - The output convolution (16 → 3) has a bias and no activation, as the reference code's last layer.
+- Every layer keeps PyTorch's default ``Linear`` initialisation, as the reference code does.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def neural3dmm_convolutions(template: Template, spiral_rings: Sequence[int], spi
     def spiral(level: int, level_template: Template, c_in: int, c_out: int, bias: bool) -> SpiralConv:
         reference = int(np.argmin(np.linalg.norm(level_template.vertices - reference_position, axis=1)))
         spirals = neural3dmm_spirals(level_template, spiral_rings[level], spiral_dilation[level], reference)
-        return SpiralConv(c_in, c_out, torch.from_numpy(spirals), pad_with_dummy=True, bias=bias)
+        return SpiralConv(c_in, c_out, torch.from_numpy(spirals), pad_with_dummy=True, bias=bias, xavier=False)
 
     return spiral
 

@@ -3,7 +3,8 @@
 Spiral convolutions over fixed-length spirals (centre, then rings in circulator order; paper §3.1) in the hierarchical
 mesh autoencoder of CoMA/Neural3DMM. Paper defaults for reconstruction (§4.2): encoder channels 32, 32, 32, 64, latent
 16, spiral length 9 with dilation 1 on every level, ELU, Adam with learning rate 1e-3 decayed ×0.99 per epoch, batch
-32, L1 loss, 300 epochs. The decoder mirrors the encoder (64, 64, 32, 32, 32 → 3).
+32, L1 loss, 300 epochs. The decoder mirrors the encoder (64, 64, 32, 32, 32 → 3). Every linear map, the spiral
+convolutions' and the fully connected layers', starts Xavier-uniform with zero bias, as in the reference code.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from morphzoo.mesh.spirals import spiralnet_spirals
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS
 from morphzoo.methods.mesh_autoencoder import ConvFactory, MeshAutoencoder
-from morphzoo.nn.spiralconv import SpiralConv
+from morphzoo.nn.spiralconv import SpiralConv, xavier_initialise
 
 
 def spiralnet_convolutions(spiral_length: int, spiral_dilation: Sequence[int]) -> ConvFactory:
@@ -68,4 +69,6 @@ class SpiralNetPlusPlus(MeshAutoencoder):
         decoder_channels = (encoder_channels[-1], *reversed(encoder_channels))
         super().__init__(template, mean, std, latent_dim, encoder_channels, decoder_channels, sampling_factors,
                          "elu", spiralnet_convolutions(spiral_length, spiral_dilation), output_bias=True)
+        xavier_initialise(self.encoder_linear)
+        xavier_initialise(self.decoder_linear)
         self.save_hyperparameters(ignore=DATA_ARGUMENTS)

@@ -25,10 +25,13 @@ class SpiralConv(nn.Module):
         spirals: (V, L) integer spiral indices.
         pad_with_dummy: append a zero vertex at index V before gathering (Neural3DMM padding).
         bias: add a learnable bias.
+        xavier: Xavier-uniform weight and zero bias, as SpiralNet++'s reference code initialises it; False keeps
+            PyTorch's ``Linear`` initialisation, as Neural3DMM's reference code does.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, spirals: Tensor, pad_with_dummy: bool = False, bias: bool = True
+        self, in_channels: int, out_channels: int, spirals: Tensor, pad_with_dummy: bool = False, bias: bool = True,
+        xavier: bool = True,
     ) -> None:
         super().__init__()
         spirals = torch.as_tensor(spirals, dtype=torch.long)
@@ -36,9 +39,8 @@ class SpiralConv(nn.Module):
         self.pad_with_dummy = pad_with_dummy
         self.register_buffer("spirals", spirals)
         self.linear = nn.Linear(in_channels * spirals.shape[1], out_channels, bias=bias)
-        nn.init.xavier_uniform_(self.linear.weight)
-        if bias:
-            nn.init.zeros_(self.linear.bias)
+        if xavier:
+            xavier_initialise(self.linear)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (B, V, C_in) -> (B, V, C_out)."""
@@ -54,3 +56,10 @@ class SpiralConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, spiral_length={self.spirals.shape[1]}"
+
+
+def xavier_initialise(linear: nn.Linear) -> None:
+    """Xavier-uniform weight, zero bias: how SpiralNet++'s reference code initialises every linear map."""
+    nn.init.xavier_uniform_(linear.weight)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)

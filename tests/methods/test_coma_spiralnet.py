@@ -99,3 +99,31 @@ def test_models_overfit_a_handful_of_meshes(model_class, channels):
 def test_trimesh_icosphere_is_closed():
     # The synthetic test data relies on a closed, consistently oriented sphere.
     assert trimesh.creation.icosphere(subdivisions=2).is_watertight
+
+
+def _linear_maps(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+
+
+def test_initialisation_follows_each_reference_implementation():
+    """SpiralNet++'s code: Xavier-uniform on every weight, fully connected layers included, zero biases. Neural3DMM's:
+    PyTorch's Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases. The two differ in spread, so
+    each weight's standard deviation tells them apart (a uniform on [-a, a] has std a / sqrt(3))."""
+    from morphzoo.methods import Neural3DMM
+
+    template = sphere_template(3)
+    torch.manual_seed(0)
+    spiralnet = SpiralNetPlusPlus(template=template, latent_dim=8, encoder_channels=(16, 16, 32),
+                                  spiral_dilation=(1, 1, 1), sampling_factors=(4, 4, 4))
+    neural3dmm = Neural3DMM(template=template, latent_dim=8, encoder_channels=(16, 16, 32),
+                            decoder_channels=(32, 16, 16, 16), spiral_rings=(1, 1, 1), spiral_dilation=(1, 1, 1),
+                            sampling_factors=(4, 4, 4))
+    for name, linear in _linear_maps(spiralnet):
+        fan_out, fan_in = linear.weight.shape
+        xavier = (6 / (fan_in + fan_out)) ** 0.5
+        assert linear.weight.abs().max() <= xavier and abs(linear.weight.std() / (xavier / 3**0.5) - 1) < 0.15, name
+        assert linear.bias is None or not linear.bias.any(), name
+    for name, linear in _linear_maps(neural3dmm):
+        bound = linear.weight.shape[1] ** -0.5
+        assert abs(linear.weight.std() / (bound / 3**0.5) - 1) < 0.15, name
+        assert linear.bias is None or (linear.bias.abs().max() <= bound and linear.bias.any()), name
