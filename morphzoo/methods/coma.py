@@ -8,6 +8,8 @@ Choices, stated:
 - ELU activations by default, as in the maintained MIT PyTorch port, which reproduces the paper's interpolation error
   better than the paper itself did (0.772 vs 0.845 mm). ``activation="relu"`` gives the paper's biased ReLU; under the
   paper's SGD schedule ELU reached a 35 % lower validation error than ReLU after 120 steps on anny-face (our run).
+  The recipes that reproduce a paper's table on its data (``coma-coma``, ``coma-dfaust`` and their Deep3DMM spectral
+  twins) use the paper's ReLU; the anny recipes keep ELU; a CoMA recipe and its Deep3DMM twin always share one.
 - The latent code has no activation: the original TensorFlow code applied a ReLU to it, a quirk that the paper does not
   describe and that the port drops.
 - Weight decay 5e-4 on all weights, as the paper states; the original code applied it to the fully connected weights
