@@ -5,8 +5,9 @@ serialised as a spiral that starts at the vertex, enters its 1-ring at the neigh
 length) to a fixed reference vertex and continues ring by ring in the same direction; dilation keeps the centre, that
 first neighbour and every ``dilation``-th entry after it, and a ring cut by the boundary carries a gap mark, as in the
 reference implementation; every spiral of a level is cut or padded to ``L = int(mean + 2·std)`` of the spiral
-lengths, padding and gap marks pointing at a dummy all-zero vertex (``morphzoo.mesh.spirals.neural3dmm_spirals``). A spiral convolution concatenates the features along the spiral and
-applies one linear layer. QEM down/up-sampling between levels, as CoMA.
+lengths, padding and gap marks pointing at a dummy all-zero vertex (``morphzoo.mesh.spirals.neural3dmm_spirals``).
+A spiral convolution concatenates the features along the spiral and applies one linear layer. QEM down/up-sampling
+between levels, as CoMA.
 
 Defaults are the paper's DFAUST setting (:data:`SETTINGS` ``"dfaust"``): factors [4, 4, 4, 4], spiral rings (step
 sizes) [2, 2, 1, 1] and dilation [2, 2, 1, 1] on the four convolved levels, encoder 16, 32, 64, 128, decoder 128, 64,

@@ -14,6 +14,7 @@ import torch
 from lightning import Trainer
 from torch.nn import functional as F
 
+from morphzoo import recipes
 from morphzoo.mesh.sampling import mesh_hierarchy
 from morphzoo.methods import CoMA, Deep3DMMSpectral, Deep3DMMSpiral, Neural3DMM
 from morphzoo.methods.deep3dmm import SETTINGS
@@ -325,6 +326,19 @@ def test_deep3dmm_learns_on_tiny_data(model_class, options):
 def test_paper_settings():
     assert SETTINGS["spectral"]["simple"]["encoder_channels"] == SETTINGS["spiral"]["simple"]["encoder_channels"]
     assert SETTINGS["spiral"]["wider"]["spiral_rings"] == (1, 1, 1, 1)  # "spiral convolution of 1 hop" (appendix A)
+
+
+def test_neural3dmm_on_dfaust_follows_its_own_papers_setting_not_deep3dmms():
+    from morphzoo.methods.neural3dmm import SETTINGS as NEURAL3DMM
+
+    config = recipes.parse("neural3dmm-dfaust")
+    arguments = config.model.init_args
+    paper = {"encoder_channels": (16, 32, 64, 128), "decoder_channels": (128, 64, 32, 32, 16),
+             "spiral_rings": (2, 2, 1, 1), "spiral_dilation": (2, 2, 1, 1)}  # Bouritsas et al. 2019, DFAUST
+    assert NEURAL3DMM["dfaust"] == paper
+    assert {key: tuple(arguments[key]) for key in paper} == paper
+    assert (arguments.latent_dim, arguments.weight_decay, config.data.init_args.batch_size,
+            config.trainer.max_epochs) == (16, 5e-5, 16, 300)
 
 
 # --------------------------------------------------------------------------------------------------------- recipes
