@@ -44,7 +44,7 @@ def drift_rows(path: str, seed: int) -> list[tuple[str, float, float, float]]:
             kept = float("nan")  # no top-k mask: every pair is selected
         else:
             kept = (index_now[:, :, None] == index_before[:, None, :]).any(-1).float().mean().item()
-        weight = float(now.fusion_weight) if now.fusion else float("nan")
+        weight = float(now.mixing_weight) if now.fusion else float("nan")
         rows.append((name, weight, (moved / size).item(), kept))
     return rows
 

@@ -57,11 +57,12 @@ def feature_aggregation_sampling(
     top_k_down: int | None = 2,
     top_k_up: int | None = 32,
     key_dim: int = 21,
-    fusion: bool = True,
+    fusion: bool | None = None,
     fusion_init: float = 0.2,
     trainable_fusion: bool = True,
     encoder_aggregation: bool = True,
     decoder_aggregation: bool = True,
+    fusion_form: str = "linear",
 ) -> SamplingFactory:
     """A :class:`MeshAutoencoder` ``sampling_factory`` with Deep3DMM's feature aggregation (arguments: see
     :class:`Deep3DMMSpectral`); sides without aggregation keep the QEM sampling."""
@@ -76,7 +77,7 @@ def feature_aggregation_sampling(
                                  vertex_embeddings(torch.from_numpy(coarse.vertices), frame, key_dim))
         fine_vectors, coarse_vectors = embeddings.get(level, (None, None))
         options = {"aggregation": aggregation, "fusion": fusion, "fusion_init": fusion_init,
-                   "trainable_fusion": trainable_fusion}
+                   "trainable_fusion": trainable_fusion, "fusion_form": fusion_form}
         if direction == "down":
             selection = torch.from_numpy(sampling.down_index)[:, None]
             return FeatureAggregation(selection, torch.ones(selection.shape), sampling.num_fine, queries=coarse_vectors,
@@ -147,12 +148,16 @@ class Deep3DMMSpectral(Deep3DMM):
         template, mean, std: see :class:`~morphzoo.methods.base.MorphableModel` (linked from the DataModule).
         latent_dim, encoder_channels, decoder_channels, cheb_order, sampling_factors, activation: as
             :class:`~morphzoo.methods.CoMA` (defaults: latent 8, "simple" filters, K = 6, ELU).
-        aggregation: ``"attention"`` (the paper), ``"full"`` or ``"average"`` (Table 1).
+        aggregation: ``"attention"`` (the paper), ``"full"`` or ``"average"`` (Table 1), or ``"full-qem"`` (a
+            trainable dense mapping started at QEM; morphzoo's).
         top_k_down, top_k_up: k of the top-k masks (2 and 32); ``None`` for no mask.
         key_dim: size c of the queries and keys (21).
-        fusion: fuse with the QEM matrices (Eq. 7); ``False`` is Table 11's "no fusing".
+        fusion: fuse with the QEM matrices (Eq. 7); ``False`` is Table 11's "no fusing"; ``None`` (default): the
+            paper's per aggregation (fused attention, unfused Table 1 alternatives).
         fusion_init: initial fusion weight ``w_a`` (0.2).
         trainable_fusion: learn ``w_a`` (the paper); ``False`` keeps it at ``fusion_init`` (0 gives CoMA exactly).
+        fusion_form: ``"linear"`` (the paper's unconstrained ``w_a``; the zoo's) or ``"sigmoid"`` (``w_a`` kept in
+            (0, 1)); see :class:`~morphzoo.nn.FeatureAggregation`.
         encoder_aggregation, decoder_aggregation: learn the encoder's down-sampling / the decoder's up-sampling; the
             other side keeps QEM (Table 3).
         learning_rate, momentum, weight_decay, lr_decay: CoMA's SGD schedule.
@@ -177,18 +182,20 @@ class Deep3DMMSpectral(Deep3DMM):
         top_k_down: int | None = 2,
         top_k_up: int | None = 32,
         key_dim: int = 21,
-        fusion: bool = True,
+        fusion: bool | None = None,
         fusion_init: float = 0.2,
         trainable_fusion: bool = True,
         encoder_aggregation: bool = True,
         decoder_aggregation: bool = True,
+        fusion_form: str = "linear",
         learning_rate: float = 8e-3,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         lr_decay: float = 0.99,
     ) -> None:
         sampling = feature_aggregation_sampling(aggregation, top_k_down, top_k_up, key_dim, fusion, fusion_init,
-                                                trainable_fusion, encoder_aggregation, decoder_aggregation)
+                                                trainable_fusion, encoder_aggregation, decoder_aggregation,
+                                                fusion_form)
         super().__init__(template, mean, std, latent_dim, encoder_channels, decoder_channels, sampling_factors,
                          activation, chebyshev_convolutions(cheb_order), output_bias=False, sampling_factory=sampling)
         self.save_hyperparameters(ignore=DATA_ARGUMENTS)
@@ -227,11 +234,12 @@ class Deep3DMMSpiral(Deep3DMM):
         top_k_down: int | None = 2,
         top_k_up: int | None = 32,
         key_dim: int = 21,
-        fusion: bool = True,
+        fusion: bool | None = None,
         fusion_init: float = 0.2,
         trainable_fusion: bool = True,
         encoder_aggregation: bool = True,
         decoder_aggregation: bool = True,
+        fusion_form: str = "linear",
         learning_rate: float = 1e-3,
         weight_decay: float = 5e-5,
         lr_decay: float = 0.99,
@@ -239,7 +247,8 @@ class Deep3DMMSpiral(Deep3DMM):
         convolutions = None if template is None else neural3dmm_convolutions(
             template, spiral_rings, spiral_dilation, reference_vertex, len(sampling_factors))
         sampling = feature_aggregation_sampling(aggregation, top_k_down, top_k_up, key_dim, fusion, fusion_init,
-                                                trainable_fusion, encoder_aggregation, decoder_aggregation)
+                                                trainable_fusion, encoder_aggregation, decoder_aggregation,
+                                                fusion_form)
         super().__init__(template, mean, std, latent_dim, encoder_channels, decoder_channels, sampling_factors,
                          "elu", convolutions, output_bias=True, sampling_factory=sampling)
         self.save_hyperparameters(ignore=DATA_ARGUMENTS)

@@ -20,10 +20,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-AGGREGATIONS = ("attention", "full", "average")
+AGGREGATIONS = ("attention", "full", "average", "full-qem")
 """How the learned matrix ``M_a`` is built (paper Table 1): ``"attention"`` (the paper's method, Eq. 3-6),
-``"full"`` (full mapping: ``M_a`` itself is a trainable dense matrix) and ``"average"`` (QEM's receptive fields with
-equal weights; nothing learned)."""
+``"full"`` (full mapping: ``M_a`` itself is a trainable dense matrix, directly parameterised), ``"average"`` (QEM's
+receptive fields with equal weights; nothing learned), and morphzoo's ``"full-qem"`` (a trainable dense matrix that
+starts at ``M_QEM``)."""
+
+FUSION_FORMS = ("linear", "sigmoid")
+"""How ``w_a`` of Eq. 7 is parameterised: ``"linear"`` (the paper: ``w_a`` itself is trained, and may leave [0, 1])
+or ``"sigmoid"`` (``w_a = σ(θ)``, so ``M`` stays a blend of two row-stochastic matrices)."""
 
 POSITION_SCALE = 0.1
 """Initial query/key dims 0-2: the per-axis standardised vertex positions times this (paper §4.2, Table 12)."""
@@ -129,12 +134,20 @@ class FeatureAggregation(nn.Module):
       points away from the query) would be 0/0 in Eq. 6: it becomes the uniform average of its top-k (of all keys
       without a mask), so every row of ``M_a`` sums to 1.
     - ``top_k=None`` or ``top_k >= n_in`` applies no mask: a dense ``M_a`` (the "w/o topk" variant of Fig. 15).
-    - ``aggregation="full"`` (Table 1's full mapping) is a trainable dense ``M_a`` initialised to ``M_QEM``, used as
-      is (no normalisation); ``"average"`` gives every vertex of a QEM receptive field (the non-zeros of a row of
-      ``M_QEM``) the same weight. QEM down-sampling selects one vertex, so its average is QEM itself. Table 1 does not
-      say whether those alternatives were fused with QEM; ``fusion`` applies to every aggregation.
-    - ``fusion=False`` uses ``M = M_a`` ("no fusing", Table 11). With ``trainable_fusion=False``, ``w_a`` is a fixed
-      buffer: ``fusion_init=0`` reproduces the QEM model exactly.
+    - ``aggregation="full"`` (Table 1's full mapping, "directly parameterizes the mapping matrices as trainable
+      parameters") is a trainable dense ``M_a`` used as is (no normalisation), started as ``nn.Linear`` starts its
+      weight, U(-1/√n_in, 1/√n_in): the paper gives no initialisation, and one at ``M_QEM`` would be close to the
+      QEM model by construction. ``"full-qem"`` is that start (morphzoo's variant, not the paper's). ``"average"``
+      gives every vertex of a QEM receptive field (the non-zeros of a row of ``M_QEM``) the same weight; QEM
+      down-sampling selects one vertex, so its average is QEM itself.
+    - ``fusion=None`` (the default) is the paper's per aggregation: Eq. 7 for ``"attention"`` (and ``"full-qem"``),
+      none for Table 1's alternatives ``"full"`` and ``"average"``, which replace QEM. ``fusion=False`` uses ``M =
+      M_a`` ("no fusing", Table 11). With ``trainable_fusion=False``, ``w_a`` is a fixed buffer: ``fusion_init=0``
+      reproduces the QEM model exactly.
+    - The paper's linear ``w_a`` is unconstrained: trained, it left [0, 1] (−0.33 to 0.78 over the 8 mappings of the
+      spectral model in the README's run), so ``M`` is then not a blend of two row-stochastic matrices (its rows
+      still sum to 1, but weights can be negative). ``fusion_form="sigmoid"`` keeps it inside, ``w_a = σ(θ)`` with
+      ``θ`` started at logit(``fusion_init``).
 
     Args:
         qem_index: (n_out, P) columns of the non-zeros of ``M_QEM`` per row (1 for selection, 3 for barycentric).
@@ -145,9 +158,10 @@ class FeatureAggregation(nn.Module):
         keys: (n_in, c) trainable keys (``"attention"`` only).
         aggregation: one of :data:`AGGREGATIONS`.
         top_k: ``k`` of the top-k mask of ``"attention"`` (the paper: 2 down, 32 up); ``None`` for no mask.
-        fusion: fuse with ``M_QEM`` (Eq. 7).
+        fusion: fuse with ``M_QEM`` (Eq. 7); None: the paper's choice for ``aggregation`` (see above).
         fusion_init: initial ``w_a`` (paper: 0.2).
         trainable_fusion: learn ``w_a`` (the paper) or keep it fixed.
+        fusion_form: one of :data:`FUSION_FORMS`.
     """
 
     def __init__(
@@ -159,13 +173,20 @@ class FeatureAggregation(nn.Module):
         keys: nn.Parameter | None = None,
         aggregation: str = "attention",
         top_k: int | None = None,
-        fusion: bool = True,
+        fusion: bool | None = None,
         fusion_init: float = 0.2,
         trainable_fusion: bool = True,
+        fusion_form: str = "linear",
     ) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"FeatureAggregation: aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if fusion_form not in FUSION_FORMS:
+            raise ValueError(f"FeatureAggregation: fusion_form must be one of {FUSION_FORMS}, got {fusion_form!r}")
+        if fusion is None:
+            fusion = aggregation in ("attention", "full-qem")
+        if fusion and fusion_form == "sigmoid" and not 0 < fusion_init < 1:
+            raise ValueError(f"FeatureAggregation: a sigmoid w_a starts strictly inside (0, 1), got {fusion_init}")
         qem_index = torch.as_tensor(qem_index, dtype=torch.long)
         qem_weight = torch.as_tensor(qem_weight, dtype=torch.float32)
         if qem_index.shape != qem_weight.shape or qem_index.dim() != 2:
@@ -174,7 +195,7 @@ class FeatureAggregation(nn.Module):
         if top_k is not None and top_k < 1:
             raise ValueError(f"FeatureAggregation: top_k must be >= 1 or None (no mask), got {top_k}")
         self.num_outputs, self.num_inputs = len(qem_index), num_inputs
-        self.aggregation, self.fusion = aggregation, fusion
+        self.aggregation, self.fusion, self.fusion_form = aggregation, fusion, fusion_form
         self.top_k = None if top_k is None or top_k >= num_inputs else top_k
         # M_QEM as rows with a fixed number of non-zeros (sorted distinct columns, as rows_matmul needs)
         qem_index, order = qem_index.sort(1)
@@ -189,9 +210,15 @@ class FeatureAggregation(nn.Module):
                                  f"({num_inputs}, c); got {tuple(queries.shape)} and {tuple(keys.shape)}")
             self.queries, self.keys = queries, keys
         elif aggregation == "full":
+            bound = num_inputs**-0.5
+            self.mapping = nn.Parameter(torch.empty(self.num_outputs, num_inputs).uniform_(-bound, bound))
+        elif aggregation == "full-qem":
             self.mapping = nn.Parameter(self._qem_dense())
         if fusion:
+            # stored as "fusion_weight" in either form: w_a itself (linear) or its logit θ (sigmoid)
             fusion_weight = torch.tensor(float(fusion_init))
+            if fusion_form == "sigmoid":
+                fusion_weight = torch.logit(fusion_weight)
             if trainable_fusion:
                 self.fusion_weight = nn.Parameter(fusion_weight)
             else:
@@ -206,7 +233,7 @@ class FeatureAggregation(nn.Module):
         if self.aggregation == "average":
             support = (self.qem_weight != 0).to(self.qem_weight)
             return self.qem_index, support / support.sum(1, keepdim=True)
-        if self.aggregation == "full":
+        if self.aggregation in ("full", "full-qem"):
             return None, self.mapping
         queries, keys = F.normalize(self.queries, dim=1), F.normalize(self.keys, dim=1)
         if self.top_k is None:
@@ -231,8 +258,13 @@ class FeatureAggregation(nn.Module):
         learned = weight @ x if index is None else rows_matmul(index, weight, x)
         if self.fusion:
             qem = rows_matmul(self.qem_index, self.qem_weight, x)
-            learned = self.fusion_weight * learned + (1 - self.fusion_weight) * qem
+            learned = self.mixing_weight * learned + (1 - self.mixing_weight) * qem
         return _from_vertex_major(learned, batch)
+
+    @property
+    def mixing_weight(self) -> Tensor:
+        """``w_a`` of Eq. 7 (through the sigmoid for ``fusion_form="sigmoid"``)."""
+        return self.fusion_weight.sigmoid() if self.fusion_form == "sigmoid" else self.fusion_weight
 
     @torch.no_grad()
     def matrix(self) -> Tensor:
@@ -250,7 +282,7 @@ class FeatureAggregation(nn.Module):
         rows = torch.arange(self.num_outputs, device=weight.device).repeat_interleave(self.qem_index.shape[1])
         qem = torch.sparse_coo_tensor(torch.stack([rows, self.qem_index.reshape(-1)]), self.qem_weight.reshape(-1),
                                       shape, check_invariants=False)
-        return (self.fusion_weight * learned + (1 - self.fusion_weight) * qem).coalesce()
+        return (self.mixing_weight * learned + (1 - self.mixing_weight) * qem).coalesce()
 
     def materialise(self) -> SparseMapping:
         """A parameter-free :class:`SparseMapping` applying the current ``M``: the inference form (paper §1, §3.2.1)."""
@@ -258,7 +290,7 @@ class FeatureAggregation(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_inputs} -> {self.num_outputs}, aggregation={self.aggregation}, top_k={self.top_k}, "
-                f"fusion={self.fusion}")
+                f"fusion={self.fusion}" + (f" ({self.fusion_form})" if self.fusion else ""))
 
 
 class SparseMapping(nn.Module):

@@ -137,12 +137,45 @@ def test_average_aggregation_weighs_the_qem_receptive_field_equally(template):
     assert not np.allclose(average, qem)  # interior fine vertices interpolate unequally
 
 
-def test_full_mapping_is_a_trainable_matrix_starting_at_qem(template):
+def test_full_mapping_is_directly_parameterised_and_replaces_qem_as_in_table_1(template):
+    level = mesh_hierarchy(template, [4]).levels[0]
+    torch.manual_seed(0)
+    fa = FeatureAggregation(torch.from_numpy(level.up_index), torch.from_numpy(level.up_weight), level.num_coarse,
+                            aggregation="full")
+    assert not fa.fusion and count_parameters(fa) == level.num_fine * level.num_coarse  # no w_a: not fused
+    qem = level.up_matrix().toarray()
+    # not started at QEM (a start there is close to the QEM model by construction): a dense trainable matrix
+    assert (fa.mapping != 0).float().mean() > 0.99 and not np.allclose(fa.mapping.detach().numpy(), qem, atol=1e-2)
+    x = torch.randn(2, level.num_coarse, 3)
+    torch.testing.assert_close(fa(x), torch.einsum("oi,bic->boc", fa.mapping, x))
+    average = FeatureAggregation(torch.from_numpy(level.up_index), torch.from_numpy(level.up_weight),
+                                 level.num_coarse, aggregation="average")
+    assert not average.fusion and count_parameters(average) == 0
+
+
+def test_full_qem_mapping_is_a_trainable_matrix_starting_at_qem_and_fused(template):
     level = mesh_hierarchy(template, [4]).levels[0]
     fa = FeatureAggregation(torch.from_numpy(level.up_index), torch.from_numpy(level.up_weight), level.num_coarse,
-                            aggregation="full", fusion=False)
-    assert count_parameters(fa) == level.num_fine * level.num_coarse
+                            aggregation="full-qem")
+    assert fa.fusion and count_parameters(fa) == level.num_fine * level.num_coarse + 1
     np.testing.assert_allclose(fa.mapping.detach().numpy(), level.up_matrix().toarray(), atol=1e-7)
+
+
+@pytest.mark.parametrize("form", ["linear", "sigmoid"])
+def test_a_sigmoid_fusion_weight_stays_a_blend_where_the_linear_one_leaves_it(template, form):
+    """Eq. 7's w_a trained to -0.33...0.78 in the README's run; the sigmoid form keeps M a convex blend."""
+    fa = fine_level(template, top_k=8, fusion_form=form)
+    assert float(fa.mixing_weight) == pytest.approx(0.2)
+    optimiser = torch.optim.SGD([fa.fusion_weight], lr=0.5)
+    for _ in range(20):  # push w_a down hard
+        optimiser.zero_grad()
+        fa.mixing_weight.backward()
+        optimiser.step()
+    weight = float(fa.mixing_weight)
+    assert (weight < 0) if form == "linear" else (0 < weight < 0.2)
+    matrix = fa.matrix().to_dense()
+    torch.testing.assert_close(matrix.sum(1), torch.ones(template.num_vertices))
+    assert (matrix.min() < 0) if form == "linear" else (matrix.min() >= 0)
 
 
 def test_feature_aggregation_errors_name_the_fix():
