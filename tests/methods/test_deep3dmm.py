@@ -73,10 +73,34 @@ def test_top_k_rows_have_k_non_zeros_and_sum_to_one(template):
     cosine = torch.nn.functional.normalize(fa.queries, dim=1) @ torch.nn.functional.normalize(fa.keys, dim=1).T
     kth_best = cosine.topk(4, dim=1).values[:, -1:]
     assert (cosine.gather(1, index) >= kth_best - 1e-6).all()
-    # position-initialised keys make the top-k local: every fine vertex attends to coarse vertices nearby
-    keys_positions = torch.from_numpy(template.vertices[mesh_hierarchy(template, [4]).levels[0].down_index])
-    distance = (keys_positions[index] - torch.from_numpy(template.vertices)[:, None]).norm(dim=-1)
-    assert distance.max() < 0.5 * 0.1  # well under the sphere's radius
+
+
+@pytest.mark.parametrize("direction, k", [("down", 2), ("up", 32)])
+def test_position_initialised_top_k_is_local_for_most_vertices_of_a_real_template(direction, k):
+    """The initial receptive fields on anny-face's first QEM level (4200 -> 1050 vertices), not on an origin-centred
+    sphere, where the cosine of positions is the angle between them and locality holds trivially. Measured: most rows
+    select keys near the query (the median row's farthest pick within 4x the k-nearest neighbours'), while some
+    rows pick far vertices along the same ray from the centroid (the README's Deep3DMM section)."""
+    from morphzoo.data import AnnyFaceDataModule
+
+    template = AnnyFaceDataModule(size="tiny").template
+    level = mesh_hierarchy(template, [4]).levels[0]
+    fine = torch.from_numpy(template.vertices).float()
+    coarse = fine[torch.from_numpy(level.down_index)]
+    torch.manual_seed(0)
+    if direction == "down":
+        selection = torch.from_numpy(level.down_index)[:, None]
+        fa = FeatureAggregation(selection, torch.ones(selection.shape), level.num_fine, top_k=k,
+                                queries=vertex_embeddings(coarse, fine), keys=vertex_embeddings(fine, fine))
+        queries, keys = coarse, fine
+    else:
+        fa = FeatureAggregation(torch.from_numpy(level.up_index), torch.from_numpy(level.up_weight), level.num_coarse,
+                                top_k=k, queries=vertex_embeddings(fine, fine), keys=vertex_embeddings(coarse, fine))
+        queries, keys = fine, coarse
+    index, _ = fa.learned_matrix()
+    farthest = (keys[index] - queries[:, None]).norm(dim=-1).max(1).values
+    nearest_k = torch.cdist(queries, keys).topk(k, largest=False).values.max(1).values
+    assert farthest.median() < 4 * nearest_k.median()
 
 
 def test_without_mask_the_mapping_is_dense_and_negative_scores_are_clamped(template):
