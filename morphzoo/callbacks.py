@@ -65,6 +65,9 @@ class ResumeCheckpoint(L.Callback):
     ``ModelCheckpoint``'s files (there is none without one) and is written at the end of a training batch but an
     epoch's last (a checkpoint there would resume past the epoch's validation), so it costs one save per interval.
 
+    A checkpoint holds the RNG states of the process that wrote it (rank 0): resumed DDP ranks all restore those, so
+    exact resume is promised for single-process runs.
+
     Args:
         every_minutes: the most training time a kill can lose, in minutes (0: a checkpoint after every batch).
     """

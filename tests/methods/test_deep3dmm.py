@@ -189,13 +189,13 @@ def test_full_qem_mapping_is_a_trainable_matrix_starting_at_qem_and_fused(templa
 def test_a_sigmoid_fusion_weight_stays_a_blend_where_the_linear_one_leaves_it(template, form):
     """Eq. 7's w_a trained to -0.33...0.78 in the README's run; the sigmoid form keeps M a convex blend."""
     fa = fine_level(template, top_k=8, fusion_form=form)
-    assert float(fa.mixing_weight) == pytest.approx(0.2)
+    assert float(fa.mixing_weight.detach()) == pytest.approx(0.2)
     optimiser = torch.optim.SGD([fa.fusion_weight], lr=0.5)
     for _ in range(20):  # push w_a down hard
         optimiser.zero_grad()
         fa.mixing_weight.backward()
         optimiser.step()
-    weight = float(fa.mixing_weight)
+    weight = float(fa.mixing_weight.detach())
     assert (weight < 0) if form == "linear" else (0 < weight < 0.2)
     matrix = fa.matrix().to_dense()
     torch.testing.assert_close(matrix.sum(1), torch.ones(template.num_vertices))
