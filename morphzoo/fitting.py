@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import trimesh
 from scipy.spatial import cKDTree
 from torch import Tensor
 
@@ -390,15 +391,7 @@ def _surface_points(points: Tensor, vertices: Tensor, faces: np.ndarray) -> _Clo
 def _surface_samples(vertices: np.ndarray, faces: np.ndarray, count: int) -> np.ndarray:
     """``count`` points spread uniformly by area over the mesh (fixed seed): a scan samples its surface by area,
     while a template's vertices crowd where it is detailed, which would bias the centroid, axes and scale."""
-    corners = vertices[faces]
-    area = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
-    generator = np.random.default_rng(0)
-    chosen = generator.choice(len(faces), size=count, p=area / area.sum())
-    u, v = generator.random((2, count))
-    flip = u + v > 1
-    u, v = np.where(flip, 1 - u, u), np.where(flip, 1 - v, v)
-    a, b, c = corners[chosen].transpose(1, 0, 2)
-    return a + u[:, None] * (b - a) + v[:, None] * (c - a)
+    return trimesh.sample.sample_surface(trimesh.Trimesh(vertices, faces, process=False), count, seed=0)[0]
 
 
 def _rigid_start(scan: np.ndarray, model_points: np.ndarray, known_scale: float | None
