@@ -23,11 +23,13 @@ ALLOWED = {
     "data": {"cache", "errors", "mesh"},
     "methods": {"mesh", "nn", "metrics", "fitting"},
     "callbacks": {"cache"},
+    "explorer": {"methods"},  # the page's questions answered with a model
+    "deployment": {"cache", "errors", "methods", "nn"},  # ONNX export in the layers' export form
     "recipes": {"callbacks", "data", "errors", "methods", "resources"},
     "zoo": {"cache", "errors", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources",
             "__init__"},  # __version__
     "cli": {"cache", "errors", "mesh", "nn", "metrics", "data", "methods", "fitting", "recipes", "resources", "zoo",
-            "loggers"},
+            "loggers", "explorer", "deployment"},
     "__main__": {"cli"},
     "__init__": {"zoo"},
 }

@@ -1,5 +1,6 @@
 """Command line: ``morphzoo fit|validate|test|predict -c NAME`` (LightningCLI), ``morphzoo main-job``,
-``morphzoo export-dataset``, ``morphzoo fit-scan`` (:mod:`.fit_scan`) and the zoo's
+``morphzoo export-dataset``, ``morphzoo fit-scan`` (:mod:`.fit_scan`), ``morphzoo view`` (:mod:`.view`),
+``morphzoo export-onnx`` (:mod:`.export_onnx`) and the zoo's
 ``list|info|download|verify|export|push|zoo|bench`` (:mod:`.registry`).
 
 morphzoo also installs a ``lightning`` console script with the same Lightning sub-commands, because the mission promises
@@ -12,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from morphzoo.cli import fit_scan, main_job
+from morphzoo.cli import export_onnx, fit_scan, main_job, view
 from morphzoo.cli import registry as registry_cli
 from morphzoo.data.anny import ANNY_DATASETS, load_anny_dataset
 from morphzoo.data.export import FORMATS, export_collection
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(prog="morphzoo", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(
-        (*LIGHTNING_SUBCOMMANDS, "main-job", "export-dataset", "fit-scan", *registry_cli.COMMANDS)) + "}")
+        (*LIGHTNING_SUBCOMMANDS, "main-job", "export-dataset", "fit-scan", "view", "export-onnx", *registry_cli.COMMANDS)) + "}")
     for name in LIGHTNING_SUBCOMMANDS:
         commands.add_parser(name, help=f"Lightning {name} from a recipe (morphzoo {name} -c recipes/NAME.yaml)")
     job = commands.add_parser("main-job", help="generate anny-face, train, evaluate and write a report")
@@ -51,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     export = commands.add_parser("export-dataset", help="write an embedded anny dataset in a real dataset's format")
     _add_export_arguments(export)
     fit_scan.add_arguments(commands.add_parser("fit-scan", help="register a raw scan or point cloud to a model"))
+    view.add_arguments(commands.add_parser("view", help="explore a model on a local web page"))
+    export_onnx.add_arguments(commands.add_parser("export-onnx", help="export a model's decoder and encoder to ONNX"))
     registry_cli.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "main-job":
@@ -62,6 +65,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             fit_scan.run(args)
         except (MorphzooError, ValueError, FileNotFoundError) as error:
             raise SystemExit(f"morphzoo fit-scan: {error}") from None
+    elif args.command == "view":
+        try:
+            view.run(args)
+        except (MorphzooError, ValueError, FileNotFoundError, OSError) as error:
+            raise SystemExit(f"morphzoo view: {error}") from None
+    elif args.command == "export-onnx":
+        try:
+            export_onnx.run(args)
+        except (MorphzooError, ValueError, FileNotFoundError, FileExistsError) as error:
+            raise SystemExit(f"morphzoo export-onnx: {error}") from None
     elif args.command in registry_cli.COMMANDS:
         registry_cli.run(args)
     else:

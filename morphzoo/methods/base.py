@@ -46,6 +46,9 @@ class MorphableModel(L.LightningModule):
     # A model whose latent distribution is its own fixed prior (a GAN's N(0, I), set in its constructor) sets this:
     # ``fit_latent_distribution`` then refuses to replace it.
     samples_from_prior = False
+    # Whether the ONNX export (morphzoo.deployment) writes an encoder graph: models whose encode_normalised is not a
+    # static feed-forward pass set False, with the reason.
+    onnx_encoder = True
 
     def __init__(self, template: Template | None = None, mean: Tensor | None = None, std: Tensor | None = None):
         super().__init__()

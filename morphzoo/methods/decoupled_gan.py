@@ -169,6 +169,7 @@ class DecoupledGAN(MorphableModel):
     """
 
     samples_from_prior = True
+    onnx_encoder = False  # encode fits the code with Adam
 
     def __init__(
         self,
@@ -236,7 +237,7 @@ class DecoupledGAN(MorphableModel):
         return parts
 
     def decode_normalised(self, latent: Tensor) -> Tensor:
-        return self.generator(latent).view(len(latent), self.num_vertices, 3)
+        return self.generator(latent).view(latent.shape[0], self.num_vertices, 3)
 
     def encode_normalised(self, x: Tensor) -> Tensor:
         """The code whose mesh fits ``x`` best (module docstring, "Encoding")."""

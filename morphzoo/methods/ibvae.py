@@ -123,6 +123,10 @@ class IBVAE(MorphableModel):
         reconstruction_reduction: ``"sum"`` (Eq. 4's squared norm per mesh) or ``"mean"`` (per coordinate).
     """
 
+    # The PCT encoder's farthest-point sampling is a loop of data-dependent steps: ONNX tracing unrolls it (5 min on
+    # 2 cores, thousands of nodes), so the export writes the decoder only.
+    onnx_encoder = False
+
     def __init__(
         self,
         template: Template | None = None,
@@ -179,10 +183,10 @@ class IBVAE(MorphableModel):
         return self.posterior_parameters(x)[0]
 
     def decode_normalised(self, latent: Tensor) -> Tensor:
-        return self.full_decoder(latent).view(len(latent), self.num_vertices, 3)
+        return self.full_decoder(latent).view(latent.shape[0], self.num_vertices, 3)
 
     def decode_identity_normalised(self, identity: Tensor) -> Tensor:
-        return self.identity_decoder(identity).view(len(identity), self.num_vertices, 3)
+        return self.identity_decoder(identity).view(identity.shape[0], self.num_vertices, 3)
 
     def latent_factors(self) -> dict[str, slice]:
         """z_id and z_exp (for the IB-CVAE the label follows z_exp and stays at its mean when sampling by factor)."""

@@ -134,7 +134,7 @@ class RegionDetokeniser(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         weights = self.weight.split(self.splits)
         flat = torch.cat([F.linear(tokens[:, i], w) for i, w in enumerate(weights)], 1) + self.bias
-        return flat.view(len(tokens), -1, 3)[:, self.inverse]
+        return flat.view(tokens.shape[0], -1, 3)[:, self.inverse]
 
 
 class ControlBranch(nn.Module):
@@ -262,10 +262,10 @@ class LAMM(MorphableModel):
     # ----------------------------------------------------------------------------------------------------- the model
     def _encoder_tokens(self, x: Tensor) -> Tensor:
         regions = self.tokeniser(x) + self.region_embedding
-        return torch.cat([self.identity_token.expand(len(x), 1, -1), regions], 1)
+        return torch.cat([self.identity_token.expand(x.shape[0], 1, -1), regions], 1)
 
     def _decoder_input(self, latent: Tensor, offsets: Tensor | None) -> Tensor:
-        regions = self.decoder_tokens.expand(len(latent), -1, -1)
+        regions = self.decoder_tokens.expand(latent.shape[0], -1, -1)
         if offsets is not None:
             regions = regions + offsets
         return torch.cat([self.from_latent(latent)[:, None], regions], 1)

@@ -61,6 +61,7 @@ from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS
 from morphzoo.methods.coma import SETTINGS, chebyshev_convolutions
 from morphzoo.methods.mesh_autoencoder import MeshAutoencoder
+from morphzoo.nn.sparse import exporting
 
 PROJECTION_NOISE = 0.01
 
@@ -152,6 +153,8 @@ class LocallyWeightedAutoencoder(MeshAutoencoder):
                                                                                              latent_dim))
         # NaN until on_fit_start (or set_local_weights) fills it from the training data; saved with the weights.
         self.register_buffer("local_weights", torch.full((self.num_vertices, parts), float("nan")))
+        # coarsest_weights() frozen by prepare_inference: they depend on fixed buffers only
+        self.register_buffer("frozen_coarsest_weights", None, persistent=False)
 
     # ------------------------------------------------------------------------------------------------ local weights
     def set_local_weights(self, weights: Tensor | np.ndarray) -> None:
@@ -161,6 +164,7 @@ class LocallyWeightedAutoencoder(MeshAutoencoder):
             raise ValueError(f"LocallyWeightedAutoencoder: local weights must be finite, non-negative and of shape "
                              f"{tuple(self.local_weights.shape)}, got {tuple(weights.shape)}")
         self.local_weights.copy_(weights)
+        self.frozen_coarsest_weights = None
 
     @property
     def has_local_weights(self) -> bool:
@@ -183,9 +187,16 @@ class LocallyWeightedAutoencoder(MeshAutoencoder):
         return self.local_weights.argmax(dim=1)
 
     def _require_local_weights(self) -> None:
-        if not self.has_local_weights:
+        if not exporting() and not self.has_local_weights:  # the exporter decodes eagerly, with checks, first
             raise RuntimeError("LocallyWeightedAutoencoder: no local weights yet; fit the model (they come from the "
                                "training data) or call set_local_weights")
+
+    def prepare_inference(self) -> LocallyWeightedAutoencoder:
+        """Evaluation mode with :meth:`coarsest_weights` computed once (the ONNX export then has no scatter-adds)."""
+        super().prepare_inference()
+        if self.has_local_weights or not self.hparams.local_weights:
+            self.frozen_coarsest_weights = self.coarsest_weights()
+        return self
 
     def coarsest_weights(self) -> Tensor:
         """(V_coarsest, K) the local weights pooled to the decoder's first level, rows summing to one (uniform 1/K
@@ -211,7 +222,8 @@ class LocallyWeightedAutoencoder(MeshAutoencoder):
     def decode_parts_normalised(self, parts: Tensor) -> Tensor:
         """Part codes (B, K, Z) -> (B, V, 3) standardised coordinates (module docstring, §3.2)."""
         weight = self.decoder_linear.weight.view(self.level_sizes[-1], self.decoder_channels[0], -1)
-        features = torch.einsum("vcz,bkz,vk->bvc", weight, parts, self.coarsest_weights())
+        frozen = self.frozen_coarsest_weights
+        features = torch.einsum("vcz,bkz,vk->bvc", weight, parts, self.coarsest_weights() if frozen is None else frozen)
         bias = self.decoder_linear.bias.view(self.level_sizes[-1], self.decoder_channels[0])
         return self.decode_coarsest(features + bias)
 

@@ -119,7 +119,7 @@ class MeshAutoencoder(MorphableModel):
 
     def decode_normalised(self, latent: Tensor) -> Tensor:
         return self.decode_coarsest(
-            self.decoder_linear(latent).view(len(latent), self.level_sizes[-1], self.decoder_channels[0]))
+            self.decoder_linear(latent).view(latent.shape[0], self.level_sizes[-1], self.decoder_channels[0]))
 
     def decode_coarsest(self, x: Tensor) -> Tensor:
         """The decoder after its linear layer: (B, V_coarsest, C) features -> (B, V, 3) standardised coordinates."""

@@ -65,6 +65,7 @@ from torch import Tensor
 from morphzoo.mesh.regions import read_regions
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS, MorphableModel
+from morphzoo.nn.sparse import exporting
 
 SOLVERS = ("auto", "dense", "arpack")
 # "auto" takes the exact dense SVD up to this min(N, 3V) (about a second), ARPACK above it.
@@ -163,10 +164,11 @@ class PCA(MorphableModel):
         if latent.dim() != 2 or latent.shape[1] != len(self.components):
             raise ValueError(f"{type(self).__name__}: expected latent codes of shape (B, {len(self.components)}), "
                              f"got {tuple(latent.shape)}")
-        return (latent @ self.components).view(len(latent), self.num_vertices, 3) / self.std
+        return (latent @ self.components).view(latent.shape[0], self.num_vertices, 3) / self.std
 
     def _require_fitted(self) -> None:
-        if not self.is_fitted:
+        # a traced graph cannot branch on a buffer's value: the exporter decodes eagerly, with checks, first
+        if not exporting() and not self.is_fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted yet: call model.fit(training meshes) (an "
                                "(N, V, 3) array in metres or a DataLoader), or train it with `morphzoo fit -c "
                                "recipes/pca.yaml`")

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from morphzoo.nn.sparse import exporting, padded_matmul, padded_rows
+
 
 class ChebConv(nn.Module):
     r"""Chebyshev graph convolution over a fixed mesh graph.
@@ -37,8 +39,11 @@ class ChebConv(nn.Module):
         laplacian = laplacian.coalesce()
         # Kept as index/value buffers (not a sparse buffer) so that .to(), DDP buffer broadcasts and state handling
         # only ever see dense tensors; the sparse view is rebuilt per call at negligible cost.
-        self.register_buffer("laplacian_indices", laplacian.indices(), persistent=False)
-        self.register_buffer("laplacian_values", laplacian.values().float(), persistent=False)
+        self.register_buffer("laplacian_indices", laplacian.indices().clone(), persistent=False)
+        self.register_buffer("laplacian_values", laplacian.values().float().clone(), persistent=False)
+        neighbours, weights = padded_rows(*self.laplacian_indices, self.laplacian_values, laplacian.shape[0])
+        self.register_buffer("laplacian_neighbours", neighbours, persistent=False)  # the export form
+        self.register_buffer("laplacian_weights", weights, persistent=False)
         self.num_vertices = laplacian.shape[0]
         self.weight = nn.Parameter(torch.empty(K, in_channels, out_channels))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -56,21 +61,26 @@ class ChebConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (B, V, C_in) -> (B, V, C_out)."""
         batch, num_vertices, channels = x.shape
-        laplacian = torch.sparse_coo_tensor(self.laplacian_indices, self.laplacian_values.to(x.dtype),
-                                            (num_vertices, num_vertices), is_coalesced=True,
-                                            check_invariants=False)
         t0 = x.transpose(0, 1).reshape(num_vertices, batch * channels)
         terms = [t0]
         if self.K > 1:
-            t1 = torch.sparse.mm(laplacian, t0)
+            t1 = self._apply_laplacian(t0)
             terms.append(t1)
             for _ in range(2, self.K):
-                t0, t1 = t1, 2.0 * torch.sparse.mm(laplacian, t1) - t0
+                t0, t1 = t1, 2.0 * self._apply_laplacian(t1) - t0
                 terms.append(t1)
         # (K, V, B, C) -> (B, V, K·C): one dense matmul mixes all Chebyshev terms and channels.
         stacked = torch.stack(terms).view(self.K, num_vertices, batch, channels).permute(2, 1, 0, 3)
         out = stacked.reshape(batch, num_vertices, self.K * channels) @ self.weight.view(-1, self.out_channels)
         return out if self.bias is None else out + self.bias
+
+    def _apply_laplacian(self, t: Tensor) -> Tensor:
+        """``L̃ t`` for a (V, C) ``t``: torch.sparse when running, the gather/scatter form under export."""
+        if exporting():
+            return padded_matmul(self.laplacian_neighbours, self.laplacian_weights, t)
+        laplacian = torch.sparse_coo_tensor(self.laplacian_indices, self.laplacian_values.to(t.dtype), (len(t), len(t)),
+                                            is_coalesced=True, check_invariants=False)
+        return torch.sparse.mm(laplacian, t)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, K={self.K}, bias={self.bias is not None}"

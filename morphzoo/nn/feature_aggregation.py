@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from morphzoo.nn.sparse import exporting, padded_matmul, padded_rows
+
 AGGREGATIONS = ("attention", "full", "average", "full-qem")
 """How the learned matrix ``M_a`` is built (paper Table 1): ``"attention"`` (the paper's method, Eq. 3-6),
 ``"full"`` (full mapping: ``M_a`` itself is a trainable dense matrix, directly parameterised), ``"average"`` (QEM's
@@ -252,7 +254,7 @@ class FeatureAggregation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (B, n_in, C) -> (B, n_out, C)."""
-        batch = len(x)
+        batch = x.shape[0]
         x = _to_vertex_major(x)
         index, weight = self.learned_matrix()
         learned = weight @ x if index is None else rows_matmul(index, weight, x)
@@ -310,20 +312,34 @@ class SparseMapping(nn.Module):
         with _quiet_sparse_csr():
             csr = csr.to_sparse_csr() if csr.layout != torch.sparse_csr else csr
         self.num_outputs, self.num_inputs = csr.shape
-        self.register_buffer("crow_indices", csr.crow_indices())
-        self.register_buffer("col_indices", csr.col_indices())
-        self.register_buffer("values", csr.values())
+        # copies: views of a sparse tensor's members cannot be traced (torch.export)
+        self.register_buffer("crow_indices", csr.crow_indices().clone())
+        self.register_buffer("col_indices", csr.col_indices().clone())
+        self.register_buffer("values", csr.values().clone())
+        self._pad_rows()
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         for name in ("col_indices", "values"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.values.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._pad_rows()
+
+    def _pad_rows(self) -> None:
+        """The export form's fixed-width rows (:func:`~morphzoo.nn.sparse.padded_rows`), from the CSR buffers."""
+        rows = torch.repeat_interleave(torch.arange(self.num_outputs, device=self.crow_indices.device),
+                                       self.crow_indices.diff())
+        index, weight = padded_rows(rows, self.col_indices, self.values, self.num_outputs)
+        self.register_buffer("padded_index", index, persistent=False)
+        self.register_buffer("padded_weight", weight, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (B, n_in, C) -> (B, n_out, C)."""
+        if exporting():  # a traced graph cannot hold a sparse tensor (nn/sparse.py)
+            return _from_vertex_major(padded_matmul(self.padded_index, self.padded_weight, _to_vertex_major(x)),
+                                      x.shape[0])
         matrix = _csr(self.crow_indices, self.col_indices, self.values.to(x.dtype), (self.num_outputs, self.num_inputs))
-        return _from_vertex_major(matrix @ _to_vertex_major(x), len(x))
+        return _from_vertex_major(matrix @ _to_vertex_major(x), x.shape[0])
 
     def extra_repr(self) -> str:
         return f"{self.num_inputs} -> {self.num_outputs}, nnz={len(self.values)}"

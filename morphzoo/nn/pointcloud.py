@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from morphzoo.nn.sparse import exporting
+
 
 def _start_indices(start: int | Tensor | None, generator: torch.Generator | None, batch: int, num_points: int,
                    device: torch.device) -> Tensor:
@@ -45,7 +47,7 @@ def _start_indices(start: int | Tensor | None, generator: torch.Generator | None
         # the same start on every device.
         return torch.randint(num_points, (batch,), generator=generator, device=generator.device).to(device)
     index = torch.as_tensor(0 if start is None else start, dtype=torch.long, device=device).expand(batch)
-    if ((index < 0) | (index >= num_points)).any():
+    if not exporting() and ((index < 0) | (index >= num_points)).any():  # a trace cannot branch on values
         raise ValueError(f"farthest_point_sampling: start must lie in [0, {num_points}), got {start}")
     return index
 
