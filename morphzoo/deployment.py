@@ -98,8 +98,9 @@ def _export_graph(module: nn.Module, example: Tensor, path: Path, input_name: st
                   inputs: dict[int, Tensor], tolerance: float, runtime) -> GraphReport:
     start = time.perf_counter()
     try:
-        with export_form():
-                torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=OPSET,
+        with export_form(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations inside the exporter
+            torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=OPSET,
                               input_names=[input_name], output_names=[output_name],
                               dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
     except Exception as error:  # torch.export's errors are long; the first line names the construct
@@ -144,8 +145,8 @@ def export_onnx(model: MorphableModel, folder: str | os.PathLike, *, tolerance: 
         graphs["decoder"] = _export_graph(_Decoder(model).eval(), _latents(model, 2, seed), staging / "decoder.onnx",
                                           "latent", "vertices", latents, tolerance, runtime)
         if model.onnx_encoder:
-            graphs["encoder"] = _export_graph(_Encoder(model).eval(), meshes[5][:2], staging / "encoder.onnx", "vertices",
-                                              "latent", meshes, tolerance, runtime)
+            graphs["encoder"] = _export_graph(_Encoder(model).eval(), meshes[5][:2], staging / "encoder.onnx",
+                                              "vertices", "latent", meshes, tolerance, runtime)
         report = {"format": "morphzoo-onnx", "name": name, "class": type(model).__name__, "opset": OPSET,
                   "units": "metres", "num_vertices": model.num_vertices,
                   "template_fingerprint": model.template.fingerprint(), "latent_shape": list(model.latent_shape),

@@ -150,3 +150,27 @@ def test_an_installed_wheel_fits_a_raw_scan(venv, user_env, tmp_path):
     result = run([venv / "bin" / "morphzoo", "fit-scan", "pca-anny-face", "scan.ply", "--steps", "20"], cwd=tmp_path,
                  env=user_env)
     assert "scan units per metre" in result.stdout and (tmp_path / "scan-registered.ply").is_file()
+
+
+def test_the_wheel_carries_the_explorers_page_and_vendored_three_js(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    static = ROOT / "morphzoo" / "explorer" / "static"
+    expected = {f"morphzoo/explorer/static/{p.relative_to(static)}" for p in static.rglob("*") if p.is_file()}
+    assert expected and expected <= names
+
+
+def test_an_installed_wheel_exports_onnx_and_serves_the_explorer(venv, user_env, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is missing")
+    result = run([venv / "bin" / "morphzoo", "export-onnx", "pca-anny-face", "onnx"], cwd=tmp_path, env=user_env)
+    assert "onnxruntime matches PyTorch" in result.stdout and (tmp_path / "onnx" / "decoder.onnx").is_file()
+    code = textwrap.dedent("""
+        import threading, urllib.request, morphzoo
+        from morphzoo.explorer import ExplorerServer, ExplorerSession
+        server = ExplorerServer(ExplorerSession(morphzoo.load("pca-anny-face")), port=0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        for path in ("", "static/explorer.js", "static/vendor/three/three.module.min.js"):
+            assert urllib.request.urlopen(server.url + path).status == 200, path
+        server.shutdown()
+        print("served")
+    """)
+    assert "served" in run([venv / "bin" / "python", "-c", code], cwd=tmp_path, env=user_env).stdout

@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(prog="morphzoo", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(
-        (*LIGHTNING_SUBCOMMANDS, "main-job", "export-dataset", "fit-scan", "view", "export-onnx", *registry_cli.COMMANDS)) + "}")
+        (*LIGHTNING_SUBCOMMANDS, "main-job", "export-dataset", "fit-scan", "view", "export-onnx",
+         *registry_cli.COMMANDS)) + "}")
     for name in LIGHTNING_SUBCOMMANDS:
         commands.add_parser(name, help=f"Lightning {name} from a recipe (morphzoo {name} -c recipes/NAME.yaml)")
     job = commands.add_parser("main-job", help="generate anny-face, train, evaluate and write a report")

@@ -100,7 +100,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         length = int(self.headers.get("Content-Length", 0))
         if length > MAX_REQUEST_BYTES:
-            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"requests are at most {MAX_REQUEST_BYTES} bytes"})
+            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                       {"error": f"requests are at most {MAX_REQUEST_BYTES} bytes"})
             return
         try:
             request = json.loads(self.rfile.read(length) or b"{}")
