@@ -2,7 +2,8 @@
 
 Each model is exported with ``morphzoo.deployment.export_onnx`` into a temporary folder; then PyTorch
 (``inference_mode``, the model's inference form) and onnxruntime decode the same codes at batch 1 and batch 64, with
-the same thread count, alternating one timed call each, after warm-up calls. Reported: the median time of each and
+the same thread count (onnxruntime's idle threads not spinning, which would slow PyTorch's turn), alternating one
+timed call each, after warm-up calls. Reported: the median time of each and
 the ratio PyTorch / onnxruntime (above 1: ONNX is faster) as min-median-max over the alternating pairs.
 
     python benchmarks/onnx_latency.py [--models spiralnet-anny-face ...] [--repeats 30] [--threads 2]
@@ -46,6 +47,8 @@ def main() -> None:
                             if entry.weights and entry.weights.bundled]
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = args.threads
+    # onnxruntime's idle threads spin by default: alternating with PyTorch, they would steal its cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads\n")
     print("| model | batch | PyTorch (ms) | onnxruntime (ms) | PyTorch / onnxruntime (min-median-max) |")
     print("|---|---|---|---|---|")
