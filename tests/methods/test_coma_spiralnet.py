@@ -44,6 +44,34 @@ def test_chebconv_equals_pytorch_geometric():
     assert count_parameters(ours) == count_parameters(reference)
 
 
+@pytest.mark.parametrize("pad_with_dummy", [False, True])
+def test_spiralconv_is_the_spiral_formula_in_every_form(pad_with_dummy, monkeypatch):
+    """x'_i = W ‖_{j∈S(i)} x_j + b, written per vertex; in cache-sized blocks (forced small here), in one pass and in
+    the export form, with the same gradients."""
+    from morphzoo.nn import spiralconv
+    from morphzoo.nn.sparse import export_form
+
+    generator = torch.Generator().manual_seed(0)
+    vertices, length, batch = 30, 5, 7
+    spirals = torch.randint(0, vertices + pad_with_dummy, (vertices, length), generator=generator)
+    conv = spiralconv.SpiralConv(4, 6, spirals, pad_with_dummy=pad_with_dummy)
+    x = torch.randn(batch, vertices, 4, generator=generator, requires_grad=True)
+    padded = torch.cat([x, x.new_zeros(batch, 1, 4)], 1) if pad_with_dummy else x
+    expected = torch.stack([torch.cat([padded[:, j] for j in spirals[i]], -1) for i in range(vertices)], 1)
+    expected = expected @ conv.linear.weight.T + conv.linear.bias
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+    monkeypatch.setattr(spiralconv, "CPU_GATHER_BLOCK_BYTES", 1)  # one mesh per block
+    forms = {"blocks": conv(x)}
+    monkeypatch.setattr(spiralconv, "CPU_GATHER_BLOCK_BYTES", 2**30)
+    forms["one pass"] = conv(x)
+    with export_form():
+        forms["export"] = conv(x)
+    for form, output in forms.items():
+        torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5, msg=form)
+        (grad,) = torch.autograd.grad(output.square().sum(), x)
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5, msg=form)
+
+
 def test_pooling_layers_apply_the_sampling_matrices():
     template = sphere_template(3)
     level = mesh_hierarchy(template, [4]).levels[0]
@@ -54,6 +82,14 @@ def test_pooling_layers_apply_the_sampling_matrices():
     fine = Upsample(level.up_index, level.up_weight)(coarse)
     expected = np.stack([level.up_matrix() @ c.numpy() for c in coarse])
     np.testing.assert_allclose(fine.numpy(), expected, atol=1e-5)
+    # training's gradients (Upsample's own sparse backward, Downsample's index_select) are Uᵀ g and Dᵀ g
+    x.requires_grad_(True)
+    g = torch.randn(2, template.num_vertices, 3)
+    (grad,) = torch.autograd.grad((Upsample(level.up_index, level.up_weight)(Downsample(level.down_index)(x)) * g)
+                                  .sum(), x)
+    up, down = level.up_matrix(), level.down_matrix()
+    expected = np.stack([down.T @ (up.T @ g_i.numpy()) for g_i in g])
+    np.testing.assert_allclose(grad.numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("setting, expected", [("simple", 30_056), ("wider", 179_656)])
