@@ -60,8 +60,7 @@ def main() -> None:
                                                    providers=["CPUExecutionProvider"])
         for batch, repeats in ((1, args.repeats), (64, max(3, args.repeats // 5))):
             generator = torch.Generator().manual_seed(batch)
-            noise = torch.randn(batch, len(model.latent_mean), generator=generator)
-            latent = (model.latent_mean + noise @ model.latent_cholesky.T).view(batch, *model.latent_shape)
+            latent = model.sample_latent(batch, generator).view(batch, *model.latent_shape)
             feed = {"latent": latent.numpy()}
 
             def pytorch(latent=latent, model=model):

@@ -89,8 +89,7 @@ def _import_onnx():
 def _latents(model: MorphableModel, n: int, seed: int) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     if model.latent_mean.numel():
-        noise = torch.randn(n, len(model.latent_mean), generator=generator).to(model.latent_mean)
-        return (model.latent_mean + noise @ model.latent_cholesky.T).view(n, *model.latent_shape)
+        return model.sample_latent(n, generator).view(n, *model.latent_shape)
     return torch.randn(n, *model.latent_shape, generator=generator).to(model.mean)
 
 

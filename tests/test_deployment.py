@@ -34,8 +34,7 @@ def test_every_bundled_model_exports_and_matches_onnxruntime(name, tmp_path):
     assert set(report["graphs"]) == ({"decoder", "encoder"} if model.onnx_encoder else {"decoder"})
     assert json.loads((tmp_path / "onnx" / "export.json").read_text()) == report
     generator = torch.Generator().manual_seed(123)  # not the export's seed: fresh inputs
-    latent = model.latent_mean + torch.randn(3, len(model.latent_mean), generator=generator) @ model.latent_cholesky.T
-    latent = latent.view(3, *model.latent_shape)
+    latent = model.sample_latent(3, generator).view(3, *model.latent_shape)
     decoder = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "decoder.onnx"), providers=["CPUExecutionProvider"])
     assert _dynamic_batch(decoder.get_inputs()[0]) and _dynamic_batch(decoder.get_outputs()[0])
     (vertices,) = decoder.run(None, {"latent": latent.numpy()})

@@ -89,7 +89,7 @@ class ExplorerSession:
             self.factors.append({"name": name, "columns": list(range(column, column + min(sliders, len(rows)))),
                                  "variance_share": [round(float(s), 4) for s in share[:sliders]]})
             column += len(rows)
-        self.latent_mean, self.basis, self.cholesky = mean, basis, cholesky
+        self.latent_mean, self.basis = mean, basis
         self.inverse = torch.linalg.pinv(basis)
 
     # ---------------------------------------------------------------------------------------------- coordinates
@@ -126,11 +126,10 @@ class ExplorerSession:
 
     @torch.inference_mode()
     def sample(self, seed: int) -> tuple[Tensor, Tensor]:
-        """A sample of the latent Gaussian (seeded): its coordinates and mesh."""
+        """``model.sample`` seeded with ``seed``: its coordinates and mesh."""
         generator = torch.Generator().manual_seed(int(seed))
         with self.lock:
-            latent = self.latent_mean + self.cholesky @ torch.randn(self.dimension, generator=generator,
-                                                                    dtype=torch.float64)
+            latent = self.model.sample_latent(1, generator)[0]
             return self.coordinates_of(latent), self._decode(latent)
 
     @torch.inference_mode()

@@ -176,9 +176,13 @@ class MorphableModel(L.LightningModule):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` random meshes (n, V, 3) in metres, decoded from the Gaussian of the training latents (a GAN: its
         prior)."""
+        return self.decode(self.sample_latent(n, generator))
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` codes (n, D) drawn from the latent Gaussian (what :meth:`sample` decodes)."""
         self._require_latent_distribution()
         noise = torch.randn(n, len(self.latent_mean), generator=generator, dtype=self.latent_mean.dtype)
-        return self.decode(self.latent_mean + noise.to(self.latent_mean.device) @ self.latent_cholesky.T)
+        return self.latent_mean + noise.to(self.latent_mean.device) @ self.latent_cholesky.T
 
     def latent_factors(self) -> dict[str, slice]:
         """The named parts of the latent code (``identity``, ``expression``, ...), for factorised sampling; empty for

@@ -369,8 +369,7 @@ class LAMM(MorphableModel):
         if vertices is not None:
             latent = self.encode_normalised(self.normalise(self._as_batch(vertices)[0]))
         elif self.latent_mean.numel():
-            noise = torch.randn(n, len(self.latent_mean), generator=generator).to(self.latent_mean)
-            latent = self.latent_mean + noise @ self.latent_cholesky.T
+            latent = self.sample_latent(n, generator)
         else:
             raise RuntimeError("LAMM.sample_regions: pass vertices, or call model.fit_latent_distribution(...) first")
         base = self.decode_normalised(latent)[:, self.control_index]  # (B, K, n, 3)

@@ -75,7 +75,7 @@ class ChebConv(nn.Module):
         return out if self.bias is None else out + self.bias
 
     def _apply_laplacian(self, t: Tensor) -> Tensor:
-        """``L̃ t`` for a (V, C) ``t``: torch.sparse when running, the gather/scatter form under export."""
+        """``L̃ t`` for a (V, C) ``t``: torch.sparse when running, fixed-width gathers under export."""
         if exporting():
             return padded_matmul(self.laplacian_neighbours, self.laplacian_weights, t)
         laplacian = torch.sparse_coo_tensor(self.laplacian_indices, self.laplacian_values.to(t.dtype), (len(t), len(t)),
