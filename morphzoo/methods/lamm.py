@@ -16,13 +16,18 @@ whatever the mesh resolution (supplement §4). Paper names, as in the supplement
   encoder layer :math:`l = 0..L_{enc}` reads out :math:`(1 - l/L_{enc}) X` and decoder layer :math:`l = 0..L_{dec}`
   reads out :math:`(l/L_{dec}) Y`, each an L1 term of weight 1 (ten terms for 5 + 3 layers).
 - **Two stages**: ``stage="autoencoder"`` (Y = X, lr 1e-3 → 1e-6, batch 32) then ``stage="manipulation"`` from the AE
-  checkpoint (``init_from``, lr 1e-4): the target is the next mesh of the batch, :math:`\\alpha \\sim U(0.25,
-  \\alpha_{max})` with :math:`\\alpha_{max}` ramping to 1, :math:`Y = \\alpha V^t + (1-\\alpha) V^s`, control input
-  :math:`\\delta V_{C_i} = (Y - V^s)_{C_i}`; half of each batch keeps training the plain AE (:math:`\\delta = 0`).
-  AdamW with a per-step cosine schedule in both.
+  checkpoint (``init_from``, lr 1e-4): the target :math:`V^t` is another mesh of the batch, :math:`\\alpha \\sim
+  U(0.25, \\alpha_{max})` with :math:`\\alpha_{max}` ramping to 1, :math:`Y = \\alpha V^t + (1-\\alpha) V^s`,
+  control input :math:`\\delta V_{C_i} = (Y - V^s)_{C_i}`; half of each batch keeps training the plain AE
+  (:math:`\\delta = 0`). AdamW with a per-step cosine schedule in both.
 
 Choices where the paper is silent, stated:
 
+- Manipulation targets (stage 2): the papers do not say how sources and targets are paired. Ours is, with equal
+  odds, a mesh of the batch of another identity or one of the same identity with another expression
+  (:func:`~morphzoo.metrics.manipulation.manipulation_partners`), the two pairings the evaluation reports
+  (:func:`morphzoo.zoo.evaluate.manipulation_metrics`). A neighbouring frame of the same sequence would ask for almost
+  no edit; a row without a partner in its batch trains as a plain AE pair.
 - The final LayerNorm of each backbone is applied to every layer's tokens before :math:`W^{out}` for the multilayer
   read-out, so each depth is read out exactly like the last.
 - Control vertices: the same number n per region (default 10), by farthest-point sampling inside the region
@@ -65,7 +70,7 @@ from torch.nn import functional as F
 from morphzoo.mesh import regions as region_tools
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS, MorphableModel
-from morphzoo.metrics.manipulation import ManipulationError
+from morphzoo.metrics.manipulation import manipulation_partners
 from morphzoo.nn.transformer import TokenBackbone
 
 SETTINGS = {
@@ -247,10 +252,6 @@ class LAMM(MorphableModel):
         self.decoder = TokenBackbone.build(backbone, decoder_layers, num + 1, dim, heads, multiplier)
         self.detokeniser = RegionDetokeniser(order, sizes, dim)
 
-        mask = torch.zeros(self.num_vertices, dtype=torch.bool)
-        mask[self.control_index.flatten()] = True
-        self.val_manipulation = ManipulationError(mask)
-        self.test_manipulation = ManipulationError(mask)
         # Per-region Gaussians of the control vertices (standardised coordinates) behind `sample_regions`.
         self.register_buffer("control_mean", torch.empty(0))
         self.register_buffer("control_cholesky", torch.empty(0))
@@ -405,12 +406,23 @@ class LAMM(MorphableModel):
         terms["loss"] = terms["encoder"] + terms["decoder"]
         return terms
 
-    def manipulation_batch(self, x: Tensor, alpha_max: float) -> tuple[Tensor, Tensor]:
-        """Self-supervised manipulation pairs from a standardised batch ``x``: returns the targets Y and the
-        standardised control displacements; the first half of the batch are plain AE pairs (α = 0)."""
-        alpha = self.hparams.alpha_min + (alpha_max - self.hparams.alpha_min) * torch.rand(len(x), device=x.device)
-        alpha[: len(x) // 2] = 0
-        y = x + alpha[:, None, None] * (x.roll(-1, 0) - x)  # α V^t + (1 - α) V^s, V^t the next mesh of the batch
+    def manipulation_batch(self, x: Tensor, alpha_max: float, identity: Tensor | None = None,
+                           expression: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Self-supervised manipulation pairs from a standardised batch ``x`` and its (B,) labels (None where the data
+        has none): returns the targets Y and the standardised control displacements. Each mesh's :math:`V^t` is, with
+        equal odds, a mesh of the batch of another identity or of the same identity with another expression (the
+        other kind where the drawn one has none); the first half of the batch, and rows with no partner at all, are
+        plain AE pairs (α = 0)."""
+        count = len(x)
+        by_identity = manipulation_partners("identity", count, identity, expression)
+        by_expression = manipulation_partners("expression", count, identity, expression)
+        prefer_expression = torch.rand(count, device=x.device) < 0.5
+        first = torch.where(prefer_expression, by_expression, by_identity)
+        partner = torch.where(first >= 0, first, torch.where(prefer_expression, by_identity, by_expression))
+        alpha = self.hparams.alpha_min + (alpha_max - self.hparams.alpha_min) * torch.rand(count, device=x.device)
+        alpha[: count // 2] = 0
+        alpha = torch.where(partner >= 0, alpha, 0.0)
+        y = x + alpha[:, None, None] * (x[partner.clamp(min=0)] - x)  # α V^t + (1 - α) V^s
         return y, (y - x)[:, self.control_index]
 
     def alpha_max(self) -> float:
@@ -423,39 +435,11 @@ class LAMM(MorphableModel):
         if self.hparams.stage == "autoencoder":
             losses = self.multilayer_loss(x, x)
         else:
-            losses = self.multilayer_loss(x, *self.manipulation_batch(x, self.alpha_max()))
+            pairs = self.manipulation_batch(x, self.alpha_max(), batch.get("identity"), batch.get("expression"))
+            losses = self.multilayer_loss(x, *pairs)
         for name, value in losses.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(x))
         return losses["loss"]
-
-    def _manipulation_update(self, metric: ManipulationError, vertices: Tensor) -> None:
-        """Drive each mesh towards the next one of the batch through its control vertices (α = 1)."""
-        target = vertices.roll(-1, 0)
-        metric.update(self.edit(vertices, self.control_displacements(vertices, target)), target)
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        if self.hparams.stage == "manipulation" and len(batch["vertices"]) > 1:
-            self._manipulation_update(self.val_manipulation, batch["vertices"])
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        if self.hparams.stage == "manipulation" and self.val_manipulation.control_count > 0:
-            for key, value in self.val_manipulation.compute().items():
-                self.log(f"val/manipulation_{key}_mm", value)
-            self.val_manipulation.reset()
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        super().test_step(batch, batch_idx)
-        if self.hparams.stage == "manipulation" and len(batch["vertices"]) > 1:
-            self._manipulation_update(self.test_manipulation, batch["vertices"])
-
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        if self.hparams.stage == "manipulation" and self.test_manipulation.control_count > 0:
-            for key, value in self.test_manipulation.compute().items():
-                self.log(f"test/manipulation_{key}_mm", value)
-            self.test_manipulation.reset()
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -1,4 +1,5 @@
-"""Mesh-manipulation error on control and non-control vertices (LAMM, Tarasiou et al. 2024, main paper Table 2)."""
+"""Mesh-manipulation error on control and non-control vertices (LAMM, Tarasiou et al. 2024, main paper Table 2), and
+the rule that pairs each source mesh with a target of another shape."""
 
 from __future__ import annotations
 
@@ -8,6 +9,54 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from morphzoo.metrics.vertex_error import MM_PER_METRE
+
+
+MANIPULATION_CHANGES = ("identity", "expression")
+PARTNER_CHUNK = 1024  # rows of the (chunk, N) score matrix drawn at a time: memory stays bounded on large splits
+
+
+def manipulation_partners(change: str, count: int, identity: Tensor | None = None, expression: Tensor | None = None,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """For each of ``count`` meshes, the index of its manipulation target among the same meshes, or -1 if none
+    qualifies; drawn uniformly among the qualifying meshes (seeded by ``generator``).
+
+    LAMM edits a mesh towards a *different* shape. Two pairings test the two kinds of change:
+
+    - ``change="identity"``: the target is a mesh of another identity (any expression). Without identity labels
+      (one shape per mesh, e.g. anny-hand) any other mesh qualifies.
+    - ``change="expression"``: the target is a mesh of the same identity with another expression. Needs expression
+      labels; an unlabelled mesh (label -1) never qualifies, nor does a mesh without identity labels.
+
+    Args:
+        change: one of :data:`MANIPULATION_CHANGES`.
+        count: the number of meshes N.
+        identity, expression: (N,) integer labels, or None where the data has none.
+    Returns: (N,) long tensor of partner indices in [0, N), -1 where no mesh qualifies.
+    """
+    if change not in MANIPULATION_CHANGES:
+        raise ValueError(f"manipulation_partners: change must be one of {MANIPULATION_CHANGES}, got {change!r}")
+    for name, labels in (("identity", identity), ("expression", expression)):
+        if labels is not None and tuple(labels.shape) != (count,):
+            raise ValueError(f"manipulation_partners: {name} labels must have shape ({count},), got "
+                             f"{tuple(labels.shape)}")
+    device = next((labels.device for labels in (identity, expression) if labels is not None), torch.device("cpu"))
+    if change == "expression" and (identity is None or expression is None):
+        return torch.full((count,), -1, dtype=torch.long, device=device)
+    identity, expression = (None if labels is None else labels.cpu() for labels in (identity, expression))
+    partners = []
+    for start in range(0, count, PARTNER_CHUNK):
+        rows = torch.arange(start, min(start + PARTNER_CHUNK, count))
+        if change == "identity":
+            allowed = torch.ones(len(rows), count, dtype=torch.bool) if identity is None else \
+                identity[rows, None] != identity[None, :]
+        else:
+            allowed = (identity[rows, None] == identity[None, :]) & (expression[rows, None] != expression[None, :]) \
+                & (expression[rows, None] >= 0) & (expression[None, :] >= 0)
+        allowed[torch.arange(len(rows)), rows] = False
+        scores = torch.rand(len(rows), count, generator=generator).masked_fill(~allowed, -1.0)
+        best, index = scores.max(dim=1)
+        partners.append(torch.where(best >= 0, index, -1))
+    return (torch.cat(partners) if partners else torch.empty(0, dtype=torch.long)).to(device)
 
 
 class ManipulationError(Metric):

@@ -14,6 +14,8 @@
   both labels whose test split has pairs): Dec-Id / Dec-Exp of the decoupled GAN's §5.3 (Table 1), n = m = 100
   (:func:`~morphzoo.zoo.embedding.decoupling_scores`; the embedding networks are trained once per dataset and
   cached, a few minutes on anny-face small), and the identity / expression diversity of samples sharing a code;
+- **manipulation** (LAMM after its manipulation stage): :func:`manipulation_metrics`, the control / non-control
+  errors of LAMM's Table 2 on test pairs that change the identity and, separately, the expression;
 - **mesh quality** (all models): self-intersecting faces per mesh (:class:`SelfIntersections`, IB-VAE §4.4) of the
   reconstructions and of the true meshes, on a seeded subset of at most ``intersection_meshes`` test meshes (a count of
   faces, not mm);
@@ -33,8 +35,10 @@ from torch.utils.data import DataLoader
 from morphzoo.data.base import MeshDataModule, MeshSubset
 from morphzoo.fitting import fit_landmarks
 from morphzoo.methods.base import MorphableModel
+from morphzoo.methods.lamm import LAMM
 from morphzoo.metrics.disentanglement import DisentanglementError, JiangDisentanglementError
 from morphzoo.metrics.diversity import Diversity
+from morphzoo.metrics.manipulation import MANIPULATION_CHANGES, ManipulationError, manipulation_partners
 from morphzoo.metrics.self_intersection import SelfIntersections
 from morphzoo.metrics.specificity import Specificity
 from morphzoo.metrics.vertex_error import VertexError
@@ -75,6 +79,8 @@ def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1
         results.update({f"{name}/{key}_mm": float(values[key]) for key in ("mean", "std", "median")})
     if hasattr(model, "predict_neutral") and "identity" in data.collection.labels:
         results.update(neutral_face_metrics(model, data, batch_size))
+    if isinstance(model, LAMM) and model.hparams.stage == "manipulation":
+        results.update(manipulation_metrics(model, data, seed=seed, batch_size=batch_size))
     if intersection_meshes > 0:
         results.update(self_intersections(model, data, intersection_meshes, seed))
 
@@ -137,6 +143,60 @@ def neutral_face_metrics(model: MorphableModel, data: MeshDataModule, batch_size
     for name, metric in (("disentanglement", equation_14), ("disentanglement_jiang", jiang)):
         values = metric.compute()
         results.update({f"{name}/{key}_mm": float(values[key]) for key in ("mean", "median")})
+    return results
+
+
+def manipulation_pairs(data: MeshDataModule, change: str, split: str = "test", seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(sources, targets): collection indices of the ``split``'s manipulation pairs, each source with a target of the
+    same split that changes ``change`` (:func:`~morphzoo.metrics.manipulation.manipulation_partners`, seeded);
+    sources without a qualifying target are left out."""
+    indices = np.sort(data.split_indices[split])
+    labels = {name: torch.as_tensor(data.collection.labels[name][indices])
+              for name in ("identity", "expression") if name in data.collection.labels}
+    partners = manipulation_partners(change, len(indices), labels.get("identity"), labels.get("expression"),
+                                     torch.Generator().manual_seed(seed)).numpy()
+    return indices[partners >= 0], indices[partners[partners >= 0]]
+
+
+@torch.no_grad()
+def manipulation_metrics(model: LAMM, data: MeshDataModule, split: str = "test", seed: int = 0,
+                         batch_size: int = 64) -> dict[str, float]:
+    """LAMM's manipulation errors (main paper Table 2) on pairs that change the shape, with two references.
+
+    For each pairing of :func:`manipulation_pairs` (``identity``: a target of another person; ``expression``: the
+    same person with another expression), every source is driven to its target through its control vertices alone
+    (α = 1: the control vertices' full displacement, :meth:`LAMM.edit`) and compared with the target:
+    ``manipulation_<change>/control_mm``, ``non_control_mm`` and ``all_mm`` (:class:`ManipulationError`). The
+    references put the numbers on a scale: ``unedited_mm``, the source's reconstruction against the target (no edit),
+    and ``target_reconstruction_mm``, the autoencoder encoding the whole target; ``gap_closed`` is the fraction of
+    the distance between them that the edit covers (1: as good as seeing the whole target). ``pairs``: how many.
+    Pairings the labels do not allow (no expression labels) are left out.
+    """
+    model.eval()
+    mask = torch.zeros(model.num_vertices, dtype=torch.bool)
+    mask[model.control_index.flatten().cpu()] = True
+    vertices = data.collection.vertices
+    results = {}
+    for change in MANIPULATION_CHANGES:
+        sources, targets = manipulation_pairs(data, change, split, seed)
+        if len(sources) == 0:
+            continue
+        edited, unedited, reconstructed = (ManipulationError(mask) for _ in range(3))
+        for start in range(0, len(sources), batch_size):
+            source = torch.from_numpy(np.asarray(vertices[sources[start:start + batch_size]])).to(model.mean)
+            target = torch.from_numpy(np.asarray(vertices[targets[start:start + batch_size]])).to(model.mean)
+            edited.update(model.edit(source, model.control_displacements(source, target)), target)
+            unedited.update(model(source), target)
+            reconstructed.update(model(target), target)
+        values = {key: float(value) for key, value in edited.compute().items()}
+        no_edit, full = float(unedited.compute()["all"]), float(reconstructed.compute()["all"])
+        group = f"manipulation_{change}"
+        results.update({f"{group}/control_mm": values["control"], f"{group}/non_control_mm": values["non_control"],
+                        f"{group}/all_mm": values["all"], f"{group}/unedited_mm": no_edit,
+                        f"{group}/target_reconstruction_mm": full,
+                        f"{group}/gap_closed": (no_edit - values["all"]) / (no_edit - full),
+                        f"{group}/pairs": float(len(sources))})
     return results
 
 

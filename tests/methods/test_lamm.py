@@ -8,12 +8,14 @@ import pytest
 import torch
 from lightning import Trainer
 
+from morphzoo.metrics.manipulation import manipulation_partners
 from morphzoo.mesh.regions import cluster_regions, control_vertices, load_regions, merge_regions
 from morphzoo.mesh.template import Template
 from morphzoo.methods import LAMM
 from morphzoo.methods.lamm import ControlBranch
 from morphzoo.nn import MixerBlock, TokenBackbone, TransformerBlock
 from morphzoo.recipes import MorphzooCLI
+from morphzoo.zoo.evaluate import manipulation_metrics
 from tests.synthetic import SphereDataModule, sphere_collection, sphere_template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,17 +209,45 @@ def trained():
     manipulation = tiny_model(collection.template, mean=mean, std=std, stage="manipulation")
     manipulation.load_state_dict(autoencoder.state_dict())
     optimiser = torch.optim.AdamW(manipulation.parameters(), lr=1e-3)
+    identity, expression = (torch.from_numpy(collection.labels[name]) for name in ("identity", "expression"))
     for _ in range(200):
         optimiser.zero_grad()
-        x_shuffled = x[torch.randperm(len(x))]
-        manipulation.multilayer_loss(x_shuffled, *manipulation.manipulation_batch(x_shuffled, 1.0))["loss"].backward()
+        order = torch.randperm(len(x))
+        pairs = manipulation.manipulation_batch(x[order], 1.0, identity[order], expression[order])
+        manipulation.multilayer_loss(x[order], *pairs)["loss"].backward()
         optimiser.step()
-    return vertices, mean, autoencoder.eval(), manipulation.eval()
+    return vertices, mean, autoencoder.eval(), manipulation.eval(), identity, expression
+
+
+def test_manipulation_targets_are_another_person_or_another_expression():
+    """Stage 2's self-supervised pairs: each target is a mesh of the batch of another identity or of the same identity
+    with another expression (never a frame of the source's own sequence); the first half are plain AE pairs."""
+    template = sphere_template()
+    model = tiny_model(template, stage="manipulation")
+    identity = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2] * 4)
+    expression = torch.tensor([0, 0, 1, 1, 0, 0, 1, 0] * 4)
+    count = len(identity)
+    rows = torch.arange(count, dtype=torch.float32)[:, None].expand(count, template.num_vertices)
+    x = torch.stack([rows, rows**2, torch.zeros_like(rows)], -1)  # mesh i: every vertex at (i, i², 0)
+    kinds = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        y, displacements = model.manipulation_batch(x, 1.0, identity, expression)
+        change = y - x  # α (x_p - x_i): (α(p - i), α(p² - i²)) at every vertex
+        torch.testing.assert_close(displacements, change[:, model.control_index])
+        assert (change[: count // 2] == 0).all()
+        for i in range(count // 2, count):
+            first, second = change[i, 0, :2].tolist()
+            assert first != 0, "a row with partners must be edited"
+            p = round(second / first - i)  # (p² - i²) / (p - i) = p + i
+            assert identity[p] != identity[i] or expression[p] != expression[i]
+            kinds.add("identity" if identity[p] != identity[i] else "expression")
+    assert kinds == {"identity", "expression"}
 
 
 @pytest.mark.slow
 def test_autoencoder_learns_tiny_data(trained):
-    vertices, mean, autoencoder, _ = trained
+    vertices, mean, autoencoder, *_ = trained
     with torch.no_grad():
         error = (autoencoder(vertices) - vertices).norm(dim=-1).mean()
     assert error < 0.2 * (mean - vertices).norm(dim=-1).mean()
@@ -225,7 +255,7 @@ def test_autoencoder_learns_tiny_data(trained):
 
 @pytest.mark.slow
 def test_corrupting_a_region_token_stays_in_its_region(trained):
-    vertices, _, autoencoder, _ = trained
+    vertices, _, autoencoder, *_ = trained
     ratios = autoencoder.locality_ratios(vertices)
     assert ratios.shape == (autoencoder.num_regions,)
     # Every corrupted region moves more than the rest on average, and twice as much over all regions. (An untrained
@@ -236,8 +266,9 @@ def test_corrupting_a_region_token_stays_in_its_region(trained):
 
 @pytest.mark.slow
 def test_edit_moves_control_vertices_towards_their_targets(trained):
-    vertices, _, _, model = trained
-    source, target = vertices, vertices.roll(-1, 0)
+    vertices, _, _, model, identity, expression = trained
+    partners = manipulation_partners("identity", len(vertices), identity, expression, torch.Generator().manual_seed(0))
+    source, target = vertices, vertices[partners]  # another person: a large edit
     with torch.no_grad():
         edited = model.edit(source, model.control_displacements(source, target))
         reconstructed = model(source)
@@ -250,7 +281,7 @@ def test_edit_moves_control_vertices_towards_their_targets(trained):
 
 @pytest.mark.slow
 def test_region_sampling_changes_mostly_the_chosen_region(trained):
-    vertices, _, _, model = trained
+    vertices, _, _, model, *_ = trained
     model.fit_control_distribution(vertices)
     model.fit_latent_distribution(vertices)
     with torch.no_grad():
@@ -265,7 +296,7 @@ def test_region_sampling_changes_mostly_the_chosen_region(trained):
 # ---------------------------------------------------------------------------------------- Lightning, checkpoints
 @pytest.mark.slow
 def test_two_stage_training_and_checkpoints(tmp_path):
-    data = SphereDataModule(frames=10, batch_size=8)
+    data = SphereDataModule(frames=40, batch_size=8)  # a test split with three people, one with two expressions
     trainer_kwargs = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2, "logger": False,
                       "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
     autoencoder = tiny_model(data.template, mean=data.mean, std=data.std)
@@ -281,8 +312,11 @@ def test_two_stage_training_and_checkpoints(tmp_path):
                               init_from=str(tmp_path / "ae.ckpt"), learning_rate=1e-4)
     trainer = Trainer(**trainer_kwargs)
     trainer.fit(manipulation, datamodule=data)
-    assert {"val/error_mm", "val/manipulation_control_mm", "val/manipulation_non_control_mm"} <= set(
-        trainer.callback_metrics)
+    assert {"val/error_mm", "train/loss", "train/encoder", "train/decoder"} <= set(trainer.callback_metrics)
+    errors = manipulation_metrics(manipulation, data, batch_size=16)  # the evaluation's pairings on its test split
+    assert errors["manipulation_identity/pairs"] == len(data.split_indices["test"])
+    assert 0 < errors["manipulation_expression/pairs"] < len(data.split_indices["test"])
+    assert all(np.isfinite(value) and value >= 0 for key, value in errors.items() if key.endswith("_mm"))
     missing = tiny_model(data.template, stage="manipulation", init_from=str(tmp_path / "none.ckpt"))
     with pytest.raises(FileNotFoundError, match="train the autoencoder stage first"):
         missing.load_autoencoder(missing.hparams.init_from)

@@ -7,7 +7,7 @@ import torch
 
 from morphzoo.metrics.alignment import rigid_align, similarity_procrustes
 from morphzoo.metrics.disentanglement import DisentanglementError, JiangDisentanglementError
-from morphzoo.metrics.manipulation import ManipulationError
+from morphzoo.metrics.manipulation import ManipulationError, manipulation_partners
 from morphzoo.metrics.vertex_error import VertexError
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -572,3 +572,44 @@ def test_manipulation_error_rejects_bad_inputs():
         ManipulationError(torch.tensor([0])).update(torch.zeros(1, 4, 3), torch.zeros(1, 5, 3))
     with pytest.raises(ValueError, match="ManipulationError.*update"):
         ManipulationError(torch.tensor([0])).compute()
+
+
+# --------------------------------------------------------------------------------------- manipulation pairs
+def _labels():
+    # identity 0: expressions 0 and 1; identity 1: expression 0 only; identity 2: one mesh, unlabelled expression
+    identity = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    expression = torch.tensor([0, 0, 1, 1, 0, 0, -1])
+    return identity, expression
+
+
+def test_identity_partners_are_other_people_and_cover_them_all():
+    identity, expression = _labels()
+    chosen = torch.stack([manipulation_partners("identity", 7, identity, expression, torch.Generator().manual_seed(s))
+                          for s in range(200)])
+    assert (identity[chosen] != identity).all()
+    for i in range(7):  # uniform over the qualifying meshes: every one of them is drawn
+        assert set(chosen[:, i].tolist()) == set(torch.nonzero(identity != identity[i]).flatten().tolist())
+
+
+def test_expression_partners_keep_the_person_and_change_the_expression():
+    identity, expression = _labels()
+    partners = manipulation_partners("expression", 7, identity, expression, torch.Generator().manual_seed(0))
+    assert (partners[:4] >= 0).all()
+    assert (identity[partners[:4]] == identity[:4]).all() and (expression[partners[:4]] != expression[:4]).all()
+    assert (partners[4:] == -1).all()  # one expression only / unlabelled: no partner, never a fallback
+    assert (manipulation_partners("expression", 7, identity, None) == -1).all()
+
+
+def test_partners_without_labels_are_any_other_mesh_and_are_seeded():
+    draw = lambda seed: manipulation_partners("identity", 3000, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    first = draw(0)
+    assert (first != torch.arange(3000)).all() and (first >= 0).all()  # spans several chunks of rows
+    torch.testing.assert_close(first, draw(0))
+    assert (first != draw(1)).any()
+
+
+def test_manipulation_partners_reject_bad_arguments():
+    with pytest.raises(ValueError, match="change must be one of"):
+        manipulation_partners("pose", 3)
+    with pytest.raises(ValueError, match=r"identity labels must have shape \(3,\)"):
+        manipulation_partners("identity", 3, torch.zeros(4, dtype=torch.long))

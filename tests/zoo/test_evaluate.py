@@ -9,7 +9,8 @@ import torch
 from morphzoo.methods import PCA, DecoupledGAN, SpiralNetPlusPlus
 from morphzoo.metrics import VertexError
 from morphzoo.zoo import evaluate_model
-from morphzoo.zoo.evaluate import data_diversity, factorised_diversity, landmark_fitting_errors, middle_frames
+from morphzoo.zoo.evaluate import (data_diversity, factorised_diversity, landmark_fitting_errors, manipulation_pairs,
+                                   middle_frames)
 from tests.synthetic import SphereDataModule
 
 
@@ -123,3 +124,22 @@ def test_data_diversity_skips_a_label_that_names_every_mesh(data):
     row = data_diversity(unique, pairs=200)
     assert "data/diversity_same_identity_mm" not in row
     assert row["data/diversity_global_mm"] > 0 and row["data/diversity_same_expression_mm"] > 0
+
+
+def test_manipulation_pairs_change_the_person_or_the_expression_never_the_frame(data):
+    """LAMM's evaluation pairs: on the sorted test split the next mesh is almost always the next frame of the same
+    sequence; the pairs must instead change the identity, or keep it and change the expression."""
+    labels = data.collection.labels
+    test = data.split_indices["test"]
+    sequence = labels["identity"] * 100 + labels["expression"]
+    assert (sequence[test][1:] == sequence[test][:-1]).mean() > 0.9  # what roll(-1) of the sorted split pairs
+    for change in ("identity", "expression"):
+        sources, targets = manipulation_pairs(data, change, seed=0)
+        assert np.isin(sources, test).all() and np.isin(targets, test).all() and len(sources) > 0
+        if change == "identity":
+            np.testing.assert_array_equal(sources, test)  # every test mesh has another person to go to
+        same_identity = labels["identity"][sources] == labels["identity"][targets]
+        assert (~same_identity).all() if change == "identity" else same_identity.all()
+        assert (sequence[sources] != sequence[targets]).all()
+        np.testing.assert_array_equal(manipulation_pairs(data, change, seed=0)[1], targets)  # seeded
+        assert (manipulation_pairs(data, change, seed=1)[1] != targets).any()
