@@ -64,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -455,11 +456,19 @@ class LAMM(MorphableModel):
             self.load_autoencoder(self.hparams.init_from)
 
     def load_autoencoder(self, path: str) -> None:
-        """Load an autoencoder checkpoint (Lightning ``.ckpt``) strictly, except the manipulation branch."""
-        if not Path(path).is_file():
+        """Load an autoencoder checkpoint strictly, except the manipulation branch: a Lightning ``.ckpt``, or a zoo
+        checkpoint folder (``model.safetensors`` + ``config.json``, e.g. the bundled ``zoo/lamm-anny-face``, whose
+        float16 weights are loaded as float32)."""
+        weights = Path(path) / "model.safetensors"
+        if Path(path).is_dir() and weights.is_file():
+            checkpoint = {key: value.float() if value.is_floating_point() else value
+                          for key, value in load_file(weights, device=str(self.mean.device)).items()}
+        elif Path(path).is_file():
+            checkpoint = torch.load(path, map_location=self.mean.device, weights_only=False)
+        else:
             raise FileNotFoundError(f"LAMM: init_from checkpoint {path!r} does not exist; train the autoencoder "
-                                    "stage first (recipes/lamm.yaml) and point init_from at its checkpoint")
-        checkpoint = torch.load(path, map_location=self.mean.device, weights_only=False)
+                                    "stage first (recipes/lamm.yaml) and point init_from at its checkpoint (a "
+                                    "Lightning .ckpt or a zoo folder such as zoo/lamm-anny-face)")
         state = {k: v for k, v in checkpoint.get("state_dict", checkpoint).items() if not k.startswith(MANIPULATION)}
         if "region_labels" in state and not torch.equal(state["region_labels"].to(self.region_labels),
                                                         self.region_labels):
