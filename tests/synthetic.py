@@ -72,12 +72,12 @@ class SphereDataModule(MeshDataModule):
     """A MeshDataModule over :func:`sphere_collection` (for CLI and training tests)."""
 
     def __init__(self, identities: int = 3, expressions: int = 3, frames: int = 40, split: str = "interpolation",
-                 batch_size: int = 8, num_workers: int = 0, open_cap: bool = False, **kwargs) -> None:
+                 batch_size: int = 8, num_workers: int = 0, open_cap: bool = False, seed: int = 0, **kwargs) -> None:
         super().__init__(split=split, batch_size=batch_size, num_workers=num_workers, **kwargs)
-        self.sizes, self.open_cap = (identities, expressions, frames), open_cap
+        self.sizes, self.open_cap, self.seed = (identities, expressions, frames), open_cap, seed
 
     def load_collection(self) -> MeshCollection:
-        return sphere_collection(*self.sizes, open_cap=self.open_cap)
+        return sphere_collection(*self.sizes, seed=self.seed, open_cap=self.open_cap)
 
 
 class BU3DFELikeDataModule(MeshDataModule):

@@ -2,9 +2,17 @@
 
 For every checkpoint with weights: load it through :func:`morphzoo.zoo.load` (verified), rebuild the DataModule of its
 recipe with the entry's recorded ``--data.*`` overrides, and evaluate it on its test split with
-:func:`morphzoo.zoo.evaluate.evaluate_model` (every metric that applies). Writes ``results.json`` (all numbers),
-``leaderboard.md`` (one table per dataset) and figures: a cumulative per-vertex error curve per dataset and, per
-model, an error heat-map of its median-error test mesh next to the mean error over the test split.
+:func:`morphzoo.zoo.evaluate.evaluate_model` (every metric that applies). Beside that protocol, each model is also
+evaluated on **unseen people** (:func:`unseen_people`): where the dataset is generated (the embedded anny data, whose
+DataModules take a ``seed``), the test split of the same dataset generated with the next seed, whose identities no
+model has seen (the expressions, motions or poses are the same kinds). Writes ``results.json`` (all numbers),
+``leaderboard.md`` and figures.
+
+The leaderboard compares like with like: one section per dataset, preset and split protocol, and within it one table
+per latent size (:func:`latent_size`), with each model's training budget (epochs, wall time) beside its numbers.
+Figures per section: a cumulative per-vertex error curve; per model, an error heat-map of its median-error test mesh
+next to the mean error over the test split, and a grid of seeded random samples above a latent interpolation between
+two test meshes of different people (what specificity and diversity summarise, to be seen).
 """
 
 from __future__ import annotations
@@ -14,41 +22,131 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from morphzoo.data.base import MeshDataModule
+from morphzoo.methods.base import MorphableModel
+from morphzoo.metrics.vertex_error import VertexError
 from morphzoo.recipes import build_datamodule
-from morphzoo.zoo.evaluate import evaluate_model, test_error_maps
-from morphzoo.zoo.figures import plot_cumulative_error, render_error_map
+from morphzoo.zoo.evaluate import evaluate_model, manipulation_pairs, test_error_maps
+from morphzoo.zoo.figures import plot_cumulative_error, render_error_map, render_mesh_grid
 from morphzoo.zoo.registry import Entry, Registry, RegistryError, load, load_registry
 
 COLUMNS = (("reconstruction/mean_mm", "error mean (mm)"), ("reconstruction/median_mm", "median (mm)"),
+           ("unseen_people/mean_mm", "unseen people (mm)"),
            ("reconstruction_aligned/mean_mm", "aligned (mm)"), ("generation/specificity_mm", "specificity (mm)"),
            ("generation/diversity_mm", "diversity (mm)"), ("disentanglement/mean_mm", "disentanglement (mm)"),
            ("disentanglement_jiang/mean_mm", "Jiang disentanglement (mm)"), ("neutral/mean_mm", "neutral face (mm)"),
            ("mesh_quality/self_intersections_reconstruction", "self-intersecting faces"))
+MANIPULATION_COLUMNS = (("control_mm", "control (mm)"), ("non_control_mm", "non-control (mm)"),
+                        ("unedited_mm", "no edit (mm)"), ("target_reconstruction_mm", "AE of the target (mm)"),
+                        ("gap_closed", "gap closed"), ("pairs", "pairs"))
+GRID_SAMPLES, GRID_STEPS = 6, 6  # samples per grid row; interpolation weights 0..1
 
 
-def datamodule_for(entry: Entry, registry: Registry) -> MeshDataModule:
-    """The DataModule of ``entry``'s recipe with the overrides its build recorded."""
-    return build_datamodule(registry.root / entry.recipe, entry.overrides)
+def datamodule_for(entry: Entry, registry: Registry, overrides: Sequence[str] = ()) -> MeshDataModule:
+    """The DataModule of ``entry``'s recipe with the overrides its build recorded (then ``overrides``)."""
+    return build_datamodule(registry.root / entry.recipe, [*entry.overrides, *overrides])
 
 
-def _write_markdown(rows: list[dict], skipped: dict[str, str], figures: dict[str, list[str]], path: Path) -> None:
-    lines = ["# morphzoo leaderboard", "", "Every loadable checkpoint of `checkpoints.yaml`, evaluated once on its "
-             "test split with `morphzoo.zoo.evaluate_model` (`morphzoo bench`). Errors in mm.", ""]
-    for dataset in sorted({row["dataset"] for row in rows}):
-        group = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["metrics"].get(COLUMNS[0][0]))
-        lines += [f"## {dataset} ({group[0]['split']})", "",
-                  "| model | method | params | " + " | ".join(title for _, title in COLUMNS) + " |",
-                  "|---|---|---|" + "---|" * len(COLUMNS)]
-        for row in group:
-            values = [f"{row['metrics'][key]:.3f}" if key in row["metrics"] else "—" for key, _ in COLUMNS]
-            lines.append(f"| `{row['name']}` | {row['method']} | {row['num_params']:,} | " + " | ".join(values) + " |")
-        reference = group[0]["metrics"].get("mesh_quality/self_intersections_data")
-        if reference is not None:  # the same seeded test meshes for every row of a dataset
-            lines += ["", f"Self-intersecting faces of the true test meshes the last column counts on: "
-                          f"{reference:.3f} per mesh."]
-        lines += [""] + [f"![{Path(figure).stem}]({figure})" for figure in figures[dataset]] + [""]
+def latent_size(model: MorphableModel) -> int:
+    """The width of the model's code: its latent Gaussian's (every shipped checkpoint has one), else its encoder's."""
+    if model.latent_mean.numel():
+        return model.latent_mean.numel()
+    with torch.no_grad():
+        return int(model.encode(model.mean[None]).shape[-1])
+
+
+def unseen_people(model: MorphableModel, entry: Entry, registry: Registry, data: MeshDataModule,
+                  batch_size: int = 64) -> dict[str, float] | str:
+    """Reconstruction error (mm) on the test split of the entry's dataset generated with the next seed: people (or,
+    for anny-hand, hands) no model has seen, under the same split protocol. Returns why not where it cannot apply
+    (recorded data has no other people to draw)."""
+    if not hasattr(data, "seed"):
+        return "recorded data: no unseen people to generate (train on an identity split for that)"
+    fresh = datamodule_for(entry, registry, [f"--data.init_args.seed={data.seed + 1}"])
+    if fresh.template.fingerprint() != model.template.fingerprint():
+        return f"seed {data.seed + 1} generates another template"
+    metric = VertexError()
+    with torch.no_grad():
+        for batch in fresh.test_dataloader():
+            vertices = batch["vertices"].to(model.mean)
+            metric.update(model(vertices), vertices)
+    values = metric.compute()
+    return {"unseen_people/mean_mm": float(values["mean"]), "unseen_people/median_mm": float(values["median"]),
+            "unseen_people/meshes": float(len(fresh.split_indices["test"])), "unseen_people/seed": float(fresh.seed)}
+
+
+@torch.no_grad()
+def sample_grid(model: MorphableModel, data: MeshDataModule, path: Path, seed: int = 0) -> Path:
+    """Seeded random samples of ``model`` (its latent Gaussian or prior) above a latent interpolation from one test
+    mesh to a test mesh of another identity (:func:`~morphzoo.zoo.evaluate.manipulation_pairs`)."""
+    samples = model.sample(GRID_SAMPLES, generator=torch.Generator().manual_seed(seed)).cpu().numpy()
+    sources, targets = manipulation_pairs(data, "identity", seed=seed)
+    ends = [sources[0], targets[0]] if len(sources) else data.split_indices["test"][[0, -1]]  # one person only
+    pair = torch.from_numpy(np.asarray(data.collection.vertices[np.asarray(ends)])).to(model.mean)
+    path_meshes = model.interpolate(pair[0], pair[1], torch.linspace(0, 1, GRID_STEPS)).cpu().numpy()
+    return render_mesh_grid(path, [("samples", list(samples)), ("interpolation A → B", list(path_meshes))],
+                            model.template.faces)
+
+
+def _budget(entry: Entry) -> tuple[str, str]:
+    provenance = entry.provenance or {}
+    epochs = provenance.get("epochs")
+    wall = provenance.get("wall_time_s")
+    return ("—" if epochs is None else str(epochs)), ("—" if wall is None else f"{wall / 60:.1f}")
+
+
+def _section(row: dict) -> str:
+    return f"{row['dataset']} ({row['preset']}, {row['split']})" if row.get("preset") else \
+        f"{row['dataset']} ({row['split']})"
+
+
+def write_leaderboard(rows: list[dict], skipped: dict[str, str], figures: dict[str, list[str]], path: Path) -> None:
+    lines = ["# morphzoo leaderboard", "",
+             "Every loadable checkpoint of `checkpoints.yaml`, evaluated once on its test split with "
+             "`morphzoo.zoo.evaluate_model` (`morphzoo bench`). Errors in mm. One section per dataset, preset and "
+             "split; one table per latent size, so that only comparable models share a table. *epochs* and *wall* "
+             "(minutes, training on the 2-core CPU) are the training budget; the papers train for hundreds of "
+             "epochs. *unseen people*: the same protocol on the dataset generated with the next seed (new "
+             "identities, the same kinds of expressions or motions).", ""]
+    for section in sorted({_section(row) for row in rows}):
+        members = [row for row in rows if _section(row) == section]
+        lines += [f"## {section}", ""]
+        for latent in sorted({row["latent"] for row in members}):
+            group = sorted((row for row in members if row["latent"] == latent),
+                           key=lambda row: row["metrics"].get(COLUMNS[0][0], np.inf))
+            lines += [f"### latent {latent}", "",
+                      "| model | method | epochs | wall (min) | params | " + " | ".join(t for _, t in COLUMNS) + " |",
+                      "|---|---|---|---|---|" + "---|" * len(COLUMNS)]
+            for row in group:
+                values = [f"{row['metrics'][key]:.3f}" if key in row["metrics"] else "—" for key, _ in COLUMNS]
+                lines.append(f"| `{row['name']}` | {row['method']} | {row['epochs']} | {row['wall_min']} | "
+                             f"{row['num_params']:,} | " + " | ".join(values) + " |")
+            lines.append("")
+        manipulated = [row for row in members if any(key.startswith("manipulation_") for key in row["metrics"])]
+        if manipulated:
+            lines += ["### manipulation (LAMM Table 2)", "",
+                      "Each test mesh driven through its control vertices alone to a test mesh of another person "
+                      "(*identity*) or of the same person with another expression (*expression*); *no edit*: the "
+                      "source's reconstruction against the target; *AE of the target*: encoding the whole target; "
+                      "*gap closed*: the share of the distance between them that the edit covers.", "",
+                      "| model | pairing | " + " | ".join(t for _, t in MANIPULATION_COLUMNS) + " |",
+                      "|---|---|" + "---|" * len(MANIPULATION_COLUMNS)]
+            for row in manipulated:
+                for change in ("identity", "expression"):
+                    if f"manipulation_{change}/pairs" not in row["metrics"]:
+                        continue
+                    values = [row["metrics"][f"manipulation_{change}/{key}"] for key, _ in MANIPULATION_COLUMNS]
+                    lines.append(f"| `{row['name']}` | {change} | " + " | ".join(
+                        f"{value:.0f}" if key == "pairs" else f"{value:.3f}"
+                        for (key, _), value in zip(MANIPULATION_COLUMNS, values, strict=True)) + " |")
+            lines.append("")
+        reference = members[0]["metrics"].get("mesh_quality/self_intersections_data")
+        if reference is not None:  # the same seeded test meshes for every row of a section
+            lines += [f"Self-intersecting faces of the true test meshes the last column counts on: "
+                      f"{reference:.3f} per mesh.", ""]
+        lines += [f"![{Path(figure).stem}]({figure})" for figure in figures[section]] + [""]
     if skipped:
         lines += ["## Not evaluated", ""] + [f"- `{name}`: {reason}" for name, reason in sorted(skipped.items())]
     path.write_text("\n".join(lines) + "\n")
@@ -62,7 +160,7 @@ def run_bench(names: Sequence[str] | None = None, out: str | Path = "runs/bench"
     entries = [registry_.get(name) for name in names] if names else list(registry_.entries.values())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, skipped, maps = [], {}, {}
+    rows, skipped, maps, grids = [], {}, {}, {}
     for entry in entries:
         if not entry.available:
             skipped[entry.name] = f"no weights ({entry.status})"
@@ -73,17 +171,25 @@ def run_bench(names: Sequence[str] | None = None, out: str | Path = "runs/bench"
             raise RegistryError(f"{entry.name}: the DataModule of {entry.recipe} (with {entry.overrides}) has "
                                 "another template than the checkpoint; fix the entry's build overrides")
         metrics = evaluate_model(model, data, samples=samples, pairs=pairs)
+        unseen = unseen_people(model, entry, registry_, data)
+        if isinstance(unseen, dict):
+            metrics.update(unseen)
         maps[entry.name] = test_error_maps(model, data)
+        grids[entry.name] = sample_grid(model, data, out / f"samples_{entry.name}.png").name
+        epochs, wall = _budget(entry)
         rows.append({"name": entry.name, "method": entry.method, "dataset": entry.dataset["name"],
-                     "split": entry.dataset["split"], "num_params": model.num_learned_values(),
-                     "test_meshes": len(data.split_indices["test"]), "registry_metrics": entry.metrics,
-                     "metrics": metrics, "faces": model.template.faces})
+                     "preset": entry.dataset.get("preset"), "split": entry.dataset["split"],
+                     "latent": latent_size(model), "epochs": epochs, "wall_min": wall,
+                     "num_params": model.num_learned_values(), "test_meshes": len(data.split_indices["test"]),
+                     "unseen_people": unseen if isinstance(unseen, str) else "evaluated",
+                     "registry_metrics": entry.metrics, "metrics": metrics, "faces": model.template.faces})
     figures: dict[str, list[str]] = {}
-    for dataset in sorted({row["dataset"] for row in rows}):
-        group = [row for row in rows if row["dataset"] == dataset]
-        curve = plot_cumulative_error(out / f"cumulative_error_{dataset}.png", {
+    for section in sorted({_section(row) for row in rows}):
+        group = [row for row in rows if _section(row) == section]
+        stem = section.replace(" (", "_").replace(", ", "_").rstrip(")")
+        curve = plot_cumulative_error(out / f"cumulative_error_{stem}.png", {
             row["name"]: (maps[row["name"]]["curve_thresholds"], maps[row["name"]]["curve_fraction"]) for row in group})
-        figures[dataset] = [curve.name]
+        figures[section] = [curve.name]
         max_error = float(max(np.percentile(maps[row["name"]]["per_vertex"], 99) for row in group))
         for row in group:
             error_map = maps[row["name"]]
@@ -92,10 +198,10 @@ def run_bench(names: Sequence[str] | None = None, out: str | Path = "runs/bench"
                 out / f"error_map_{row['name']}.png", [truth, reconstruction, truth], row["faces"],
                 ["ground truth", f"{row['name']} (median-error test mesh)", "mean error over the test split"],
                 [None, np.linalg.norm(reconstruction - truth, axis=1) * 1000, error_map["per_vertex"]], max_error)
-            figures[dataset].append(picture.name)
+            figures[section] += [picture.name, grids[row["name"]]]
     for row in rows:
         del row["faces"]
     results = {"models": rows, "skipped": skipped, "samples": samples, "pairs": pairs}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    _write_markdown(rows, skipped, figures, out / "leaderboard.md")
+    write_leaderboard(rows, skipped, figures, out / "leaderboard.md")
     return results

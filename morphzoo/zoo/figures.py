@@ -70,6 +70,25 @@ def render_error_map(
     return path
 
 
+def render_mesh_grid(path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray]]], faces: np.ndarray,
+                     view: Mapping[str, float] = FRONT_VIEW) -> Path:
+    """Render rows of grey meshes, each row labelled on its left: e.g. a model's random samples and an
+    interpolation between two test meshes, so that what specificity and diversity summarise can be seen."""
+    columns = max(len(meshes) for _, meshes in rows)
+    fig = plt.figure(figsize=(2.2 * columns + 0.6, 2.4 * len(rows)), dpi=100)
+    grey = np.tile([0.8, 0.8, 0.8, 1.0], (len(faces), 1))
+    for row, (label, meshes) in enumerate(rows):
+        for column, vertices in enumerate(meshes):
+            ax = fig.add_subplot(len(rows), columns, row * columns + column + 1, projection="3d")
+            _draw_mesh(ax, np.asarray(vertices), faces, grey, view)
+            if column == 0:
+                ax.text2D(-0.05, 0.5, label, transform=ax.transAxes, rotation=90, ha="right", va="center", fontsize=9)
+    path = Path(path)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def plot_cumulative_error(path: Path, curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Path:
     """Cumulative per-vertex error curves: ``curves[label] = (thresholds_mm, fraction_of_vertices)``."""
     fig, ax = plt.subplots(figsize=(4.8, 3.6), dpi=110)

@@ -9,7 +9,7 @@ from morphzoo.metrics.vertex_error import VertexError
 from morphzoo.recipes import RecipeError
 from morphzoo.zoo import hub
 from morphzoo.zoo import registry as zoo
-from morphzoo.zoo.bench import datamodule_for
+from morphzoo.zoo.bench import write_leaderboard, datamodule_for
 from morphzoo.zoo.checkpoint import write_checkpoint
 from tests.zoo.test_checkpoint import tiny_spiralnet
 from tests.zoo.test_registry import cli, registry_entry, write_registry_file
@@ -44,12 +44,36 @@ def test_bench_writes_the_leaderboard_with_the_models_numbers(tmp_path, capsys):
     assert {"generation/specificity_mm", "generation/diversity_mm", "reconstruction_aligned/mean_mm"} <= set(
         row["metrics"])
 
+    # unseen people: the same protocol on the data generated with the next seed (other identity scalings)
+    fresh = datamodule_for(registry.get("spiralnet-tiny-spheres"), registry, ["--data.init_args.seed=1"])
+    assert fresh.seed == 1 and not torch.equal(fresh.mean, data.mean)
+    unseen = VertexError()
+    with torch.no_grad():
+        for batch in fresh.test_dataloader():
+            unseen.update(model(batch["vertices"]), batch["vertices"])
+    assert row["metrics"]["unseen_people/mean_mm"] == pytest.approx(float(unseen.compute()["mean"]), rel=1e-4)
+    assert row["latent"] == 4 and (row["epochs"], row["wall_min"]) == ("1", "0.0")  # the entry's provenance
+
     markdown = (out / "leaderboard.md").read_text()
-    assert "## spheres (interpolation)" in markdown and "`spiralnet-tiny-spheres`" in markdown
+    assert "## spheres (interpolation)" in markdown and "### latent 4" in markdown
+    assert "| `spiralnet-tiny-spheres` | SpiralNetPlusPlus | 1 | 0.0 |" in markdown  # the budget beside the numbers
     assert f"{row['metrics']['reconstruction/mean_mm']:.3f}" in markdown
+    assert f"{row['metrics']['unseen_people/mean_mm']:.3f}" in markdown
     assert "spiralnet-other-spheres" in markdown  # listed as not evaluated, with the reason
-    for figure in ("cumulative_error_spheres.png", "error_map_spiralnet-tiny-spheres.png"):
+    for figure in ("cumulative_error_spheres_interpolation.png", "error_map_spiralnet-tiny-spheres.png",
+                   "samples_spiralnet-tiny-spheres.png"):
         assert (out / figure).stat().st_size > 1000 and f"({figure})" in markdown
+
+
+def test_the_leaderboard_puts_models_of_other_latent_sizes_in_other_tables(tmp_path):
+    rows = [{"name": f"m{latent}-{i}", "method": "M", "dataset": "spheres", "preset": None, "split": "interpolation",
+             "latent": latent, "epochs": "1", "wall_min": "0.1", "num_params": 10,
+             "metrics": {"reconstruction/mean_mm": error}}
+            for i, (latent, error) in enumerate([(8, 3.0), (64, 1.0), (8, 2.0)])]
+    write_leaderboard(rows, {}, {"spheres (interpolation)": []}, tmp_path / "board.md")
+    text = (tmp_path / "board.md").read_text()
+    latent_8, latent_64 = text.index("### latent 8"), text.index("### latent 64")
+    assert latent_8 < text.index("`m8-2`") < text.index("`m8-0`") < latent_64 < text.index("`m64-1`")  # sorted
 
 
 def test_bench_reads_overrides_in_lightningclis_syntax(tmp_path):
