@@ -54,9 +54,26 @@ class AnnyDataModule(MeshDataModule):
 
 
 class AnnyFaceDataModule(AnnyDataModule):
-    """anny-face: subjects × 12 CoMA expressions (neutral → peak → neutral); CoMA's splits."""
+    """anny-face: subjects × 12 CoMA expressions (neutral → peak → neutral); CoMA's splits.
+
+    Args:
+        expressions: ``"coma"`` (the dataset) or ``"novel"``: the same people performing six expressions no CoMA-like
+            recipe contains (:data:`morphzoo.data.synth.face.NOVEL_EXPRESSION_RECIPES`), the unseen-expression
+            protocol of ``morphzoo bench``.
+    """
 
     dataset = "anny-face"
+
+    def __init__(self, size: str = "small", seed: int = 0, expressions: str = "coma", **kwargs) -> None:
+        super().__init__(size, seed, **kwargs)
+        self.expressions = expressions
+
+    def load_collection(self) -> MeshCollection:
+        if self.expressions == "coma":
+            return super().load_collection()
+        from morphzoo.data.synth.face import load_anny_face  # anny is slow to import: on demand, as above
+
+        return load_anny_face(self.size, self.seed, self.expressions)
 
 
 class AnnyBU3DFEDataModule(FirstSubjectsTest, AnnyDataModule):

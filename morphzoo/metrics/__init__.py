@@ -6,13 +6,14 @@ from morphzoo.metrics.decoupling import Decoupling, choose_threshold
 from morphzoo.metrics.disentanglement import DisentanglementError, JiangDisentanglementError
 from morphzoo.metrics.diversity import Diversity
 from morphzoo.metrics.manipulation import ManipulationError
+from morphzoo.metrics.roughness import Roughness
 from morphzoo.metrics.self_intersection import SelfIntersections, self_intersecting_faces
 from morphzoo.metrics.specificity import Specificity
 from morphzoo.metrics.vertex_error import VertexError
 
 __all__ = [
     "Compactness", "Decoupling", "DisentanglementError", "Diversity", "JiangDisentanglementError", "ManipulationError",
-    "PCAGeneralisation", "SelfIntersections", "Specificity", "VertexError", "choose_threshold",
+    "PCAGeneralisation", "Roughness", "SelfIntersections", "Specificity", "VertexError", "choose_threshold",
     "self_intersecting_faces", "similarity_procrustes",
 ]
 

@@ -3,10 +3,10 @@
 For every checkpoint with weights: load it through :func:`morphzoo.zoo.load` (verified), rebuild the DataModule of its
 recipe with the entry's recorded ``--data.*`` overrides, and evaluate it on its test split with
 :func:`morphzoo.zoo.evaluate.evaluate_model` (every metric that applies). Beside that protocol, each model is also
-evaluated on **unseen people** (:func:`unseen_people`): where the dataset is generated (the embedded anny data, whose
-DataModules take a ``seed``), the test split of the same dataset generated with the next seed, whose identities no
-model has seen (the expressions, motions or poses are the same kinds). Writes ``results.json`` (all numbers),
-``leaderboard.md`` and figures.
+evaluated on **unseen people** and **unseen expressions** where its data can provide them (:func:`generalisation`):
+the test split of the same embedded dataset generated with the next seed (new identities), and anny-face's people
+performing expressions outside the training set. Writes ``results.json`` (all numbers), ``leaderboard.md`` and
+figures.
 
 The leaderboard compares like with like: one section per dataset, preset and split protocol, and within it one table
 per latent size (:func:`latent_size`), with each model's training budget (epochs, wall time) beside its numbers.
@@ -33,10 +33,11 @@ from morphzoo.zoo.figures import plot_cumulative_error, render_error_map, render
 from morphzoo.zoo.registry import Entry, Registry, RegistryError, load, load_registry
 
 COLUMNS = (("reconstruction/mean_mm", "error mean (mm)"), ("reconstruction/median_mm", "median (mm)"),
-           ("unseen_people/mean_mm", "unseen people (mm)"),
+           ("unseen_people/mean_mm", "unseen people (mm)"), ("unseen_expressions/mean_mm", "unseen expressions (mm)"),
            ("reconstruction_aligned/mean_mm", "aligned (mm)"), ("generation/specificity_mm", "specificity (mm)"),
            ("generation/diversity_mm", "diversity (mm)"), ("disentanglement/mean_mm", "disentanglement (mm)"),
            ("disentanglement_jiang/mean_mm", "Jiang disentanglement (mm)"), ("neutral/mean_mm", "neutral face (mm)"),
+           ("mesh_quality/roughness_samples_mm", "sample roughness (mm)"),
            ("mesh_quality/self_intersections_reconstruction", "self-intersecting faces"))
 MANIPULATION_COLUMNS = (("control_mm", "control (mm)"), ("non_control_mm", "non-control (mm)"),
                         ("unedited_mm", "no edit (mm)"), ("target_reconstruction_mm", "AE of the target (mm)"),
@@ -57,24 +58,45 @@ def latent_size(model: MorphableModel) -> int:
         return int(model.encode(model.mean[None]).shape[-1])
 
 
-def unseen_people(model: MorphableModel, entry: Entry, registry: Registry, data: MeshDataModule,
-                  batch_size: int = 64) -> dict[str, float] | str:
-    """Reconstruction error (mm) on the test split of the entry's dataset generated with the next seed: people (or,
-    for anny-hand, hands) no model has seen, under the same split protocol. Returns why not where it cannot apply
-    (recorded data has no other people to draw)."""
-    if not hasattr(data, "seed"):
-        return "recorded data: no unseen people to generate (train on an identity split for that)"
-    fresh = datamodule_for(entry, registry, [f"--data.init_args.seed={data.seed + 1}"])
-    if fresh.template.fingerprint() != model.template.fingerprint():
-        return f"seed {data.seed + 1} generates another template"
+def _test_error(model: MorphableModel, data: MeshDataModule, group: str) -> dict[str, float]:
     metric = VertexError()
     with torch.no_grad():
-        for batch in fresh.test_dataloader():
+        for batch in data.test_dataloader():
             vertices = batch["vertices"].to(model.mean)
             metric.update(model(vertices), vertices)
     values = metric.compute()
-    return {"unseen_people/mean_mm": float(values["mean"]), "unseen_people/median_mm": float(values["median"]),
-            "unseen_people/meshes": float(len(fresh.split_indices["test"])), "unseen_people/seed": float(fresh.seed)}
+    return {f"{group}/mean_mm": float(values["mean"]), f"{group}/median_mm": float(values["median"]),
+            f"{group}/meshes": float(len(data.split_indices["test"]))}
+
+
+def generalisation(model: MorphableModel, entry: Entry, registry: Registry, data: MeshDataModule
+                   ) -> tuple[dict[str, float], dict[str, str]]:
+    """Reconstruction errors (mm) beyond the training distribution's people and expressions, under the entry's own
+    split protocol (its test split of other data), and the reasons where a protocol cannot apply:
+
+    - ``unseen_people``: the entry's dataset generated with the next seed: people (for anny-hand, hands) no model
+      has seen, performing the same kinds of expressions or motions;
+    - ``unseen_expressions``: anny-face's people performing six expressions no training expression contains
+      (``expressions="novel"``, :data:`morphzoo.data.synth.face.NOVEL_EXPRESSION_RECIPES`).
+
+    Recorded datasets have neither: generalisation there is an identity or extrapolation split, trained for.
+    """
+    protocols = {"unseen_people": (hasattr(data, "seed"), lambda: [f"--data.init_args.seed={data.seed + 1}"],
+                                   "recorded data: no unseen people to generate (train on an identity split)"),
+                 "unseen_expressions": (hasattr(data, "expressions"), lambda: ["--data.init_args.expressions=novel"],
+                                        "only anny-face generates novel expressions (else train on an "
+                                        "extrapolation split)")}
+    results, reasons = {}, {}
+    for group, (applies, overrides, reason) in protocols.items():
+        if not applies:
+            reasons[group] = reason
+            continue
+        other = datamodule_for(entry, registry, overrides())
+        if other.template.fingerprint() != model.template.fingerprint():
+            reasons[group] = f"{' '.join(overrides())} generates another template"
+            continue
+        results.update(_test_error(model, other, group))
+    return results, reasons
 
 
 @torch.no_grad()
@@ -109,7 +131,9 @@ def write_leaderboard(rows: list[dict], skipped: dict[str, str], figures: dict[s
              "split; one table per latent size, so that only comparable models share a table. *epochs* and *wall* "
              "(minutes, training on the 2-core CPU) are the training budget; the papers train for hundreds of "
              "epochs. *unseen people*: the same protocol on the dataset generated with the next seed (new "
-             "identities, the same kinds of expressions or motions).", ""]
+             "identities, the same kinds of expressions or motions); *unseen expressions* (anny-face): the same "
+             "people performing six expressions no training expression contains. — : not applicable or not "
+             "measured.", ""]
     for section in sorted({_section(row) for row in rows}):
         members = [row for row in rows if _section(row) == section]
         lines += [f"## {section}", ""]
@@ -142,6 +166,9 @@ def write_leaderboard(rows: list[dict], skipped: dict[str, str], figures: dict[s
                         f"{value:.0f}" if key == "pairs" else f"{value:.3f}"
                         for (key, _), value in zip(MANIPULATION_COLUMNS, values, strict=True)) + " |")
             lines.append("")
+        rough = members[0]["metrics"].get("mesh_quality/roughness_data_mm")
+        if rough is not None:  # the same test meshes for every row of a section
+            lines += [f"Roughness of the true test meshes (the reference for *sample roughness*): {rough:.3f} mm.", ""]
         reference = members[0]["metrics"].get("mesh_quality/self_intersections_data")
         if reference is not None:  # the same seeded test meshes for every row of a section
             lines += [f"Self-intersecting faces of the true test meshes the last column counts on: "
@@ -171,9 +198,8 @@ def run_bench(names: Sequence[str] | None = None, out: str | Path = "runs/bench"
             raise RegistryError(f"{entry.name}: the DataModule of {entry.recipe} (with {entry.overrides}) has "
                                 "another template than the checkpoint; fix the entry's build overrides")
         metrics = evaluate_model(model, data, samples=samples, pairs=pairs)
-        unseen = unseen_people(model, entry, registry_, data)
-        if isinstance(unseen, dict):
-            metrics.update(unseen)
+        beyond, not_applicable = generalisation(model, entry, registry_, data)
+        metrics.update(beyond)
         maps[entry.name] = test_error_maps(model, data)
         grids[entry.name] = sample_grid(model, data, out / f"samples_{entry.name}.png").name
         epochs, wall = _budget(entry)
@@ -181,7 +207,7 @@ def run_bench(names: Sequence[str] | None = None, out: str | Path = "runs/bench"
                      "preset": entry.dataset.get("preset"), "split": entry.dataset["split"],
                      "latent": latent_size(model), "epochs": epochs, "wall_min": wall,
                      "num_params": model.num_learned_values(), "test_meshes": len(data.split_indices["test"]),
-                     "unseen_people": unseen if isinstance(unseen, str) else "evaluated",
+                     "protocols_not_applicable": not_applicable,
                      "registry_metrics": entry.metrics, "metrics": metrics, "faces": model.template.faces})
     figures: dict[str, list[str]] = {}
     for section in sorted({_section(row) for row in rows}):

@@ -16,7 +16,9 @@
   cached, a few minutes on anny-face small), and the identity / expression diversity of samples sharing a code;
 - **manipulation** (LAMM after its manipulation stage): :func:`manipulation_metrics`, the control / non-control
   errors of LAMM's Table 2 on test pairs that change the identity and, separately, the expression;
-- **mesh quality** (all models): self-intersecting faces per mesh (:class:`SelfIntersections`, IB-VAE §4.4) of the
+- **mesh quality** (all models): the :class:`Roughness` (mean umbrella-Laplacian length, mm) of the test
+  reconstructions, of the samples and of the true test meshes, which shows the high-frequency noise that specificity
+  and diversity do not; self-intersecting faces per mesh (:class:`SelfIntersections`, IB-VAE §4.4) of the
   reconstructions and of the true meshes, on a seeded subset of at most ``intersection_meshes`` test meshes (a count of
   faces, not mm);
 - **data reference values** (from the labels): the diversity of the training meshes, overall and within the same
@@ -39,6 +41,7 @@ from morphzoo.methods.lamm import LAMM
 from morphzoo.metrics.disentanglement import DisentanglementError, JiangDisentanglementError
 from morphzoo.metrics.diversity import Diversity
 from morphzoo.metrics.manipulation import MANIPULATION_CHANGES, ManipulationError, manipulation_partners
+from morphzoo.metrics.roughness import Roughness
 from morphzoo.metrics.self_intersection import SelfIntersections
 from morphzoo.metrics.specificity import Specificity
 from morphzoo.metrics.vertex_error import VertexError
@@ -69,11 +72,14 @@ def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1
     results: dict[str, float] = {}
     test, train = data.subset("test"), data.subset("train")
     plain, aligned = VertexError(), VertexError(align="procrustes")
+    roughness = {name: Roughness(data.template.faces) for name in ("reconstruction", "samples", "data")}
     for batch in _batches(test, batch_size):
         vertices = batch["vertices"].to(model.mean)
         prediction = model(vertices)
         plain.update(prediction, vertices)
         aligned.update(prediction, vertices)
+        roughness["reconstruction"].update(prediction.cpu())
+        roughness["data"].update(vertices.cpu())
     for name, metric in (("reconstruction", plain), ("reconstruction_aligned", aligned)):
         values = metric.compute()
         results.update({f"{name}/{key}_mm": float(values[key]) for key in ("mean", "std", "median")})
@@ -91,6 +97,7 @@ def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1
         for chunk in generated.split(batch_size):
             specificity.update(chunk)
             diversity.update(chunk)
+            roughness["samples"].update(chunk)
         results["generation/specificity_mm"] = float(specificity.compute()["mean"])
         results["generation/diversity_mm"] = float(diversity.compute()["mean"])
         if {"identity", "expression"} <= set(model.latent_factors()):
@@ -98,6 +105,8 @@ def evaluate_model(model: MorphableModel, data: MeshDataModule, samples: int = 1
             if decoupling_samples > 0 and decoupling_unavailable(data) is None:
                 results.update(decoupling_scores(model.sample_sharing, data, n=decoupling_samples,
                                                  m=decoupling_samples, seed=seed))
+    results.update({f"mesh_quality/roughness_{name}_mm": float(metric.compute())
+                    for name, metric in roughness.items() if metric.count > 0})
     results.update(data_diversity(data, pairs, seed))
     return results
 

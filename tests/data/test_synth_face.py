@@ -171,3 +171,23 @@ def test_load_caches_the_collection(tiny, tmp_path, monkeypatch):
     assert second.vocabularies == first.vocabularies and second.attributes == first.attributes
     with pytest.raises(AssertionError, match="reused"):
         face.load_anny_face("tiny", seed=1)  # another seed is another entry
+
+
+def test_novel_expressions_are_the_same_people_doing_something_else(tiny):
+    """The unseen-expression protocol: the same subjects (identical neutral faces, template and identity labels) with
+    expressions that none of the 12 training expressions reproduces."""
+    novel = face.generate_anny_face("tiny", seed=0, expressions="novel")
+    assert novel.vocabularies["expression"] == tuple(face.NOVEL_EXPRESSION_RECIPES)
+    assert not set(novel.vocabularies["expression"]) & set(face.EXPRESSIONS)
+    np.testing.assert_array_equal(novel.neutral, tiny.neutral)
+    assert novel.template.fingerprint() == tiny.template.fingerprint()
+    assert set(novel.labels["identity"]) == set(tiny.labels["identity"])
+    # at their peaks, every novel expression moves some vertex > 3 mm away from wherever any training mesh of the same
+    # subject puts it
+    peak = novel.labels["intensity"] > 0.99
+    for subject in np.unique(novel.labels["identity"]):
+        known = np.asarray(tiny.vertices[tiny.labels["identity"] == subject])
+        for mesh in np.asarray(novel.vertices[peak & (novel.labels["identity"] == subject)]):
+            assert np.linalg.norm(known - mesh, axis=-1).max(-1).min() > 3e-3
+    with pytest.raises(ValueError, match="unknown expression set 'smiles'; choose one of coma, novel"):
+        face.generate_anny_face("tiny", expressions="smiles")

@@ -52,6 +52,8 @@ def test_bench_writes_the_leaderboard_with_the_models_numbers(tmp_path, capsys):
         for batch in fresh.test_dataloader():
             unseen.update(model(batch["vertices"]), batch["vertices"])
     assert row["metrics"]["unseen_people/mean_mm"] == pytest.approx(float(unseen.compute()["mean"]), rel=1e-4)
+    assert "unseen_expressions/mean_mm" not in row["metrics"]  # the spheres have no novel expressions to generate
+    assert "novel expressions" in row["protocols_not_applicable"]["unseen_expressions"]
     assert row["latent"] == 4 and (row["epochs"], row["wall_min"]) == ("1", "0.0")  # the entry's provenance
 
     markdown = (out / "leaderboard.md").read_text()

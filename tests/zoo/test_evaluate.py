@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from morphzoo.methods import PCA, DecoupledGAN, SpiralNetPlusPlus
-from morphzoo.metrics import VertexError
+from morphzoo.metrics import Roughness, VertexError
 from morphzoo.zoo import evaluate_model
 from morphzoo.zoo.evaluate import (data_diversity, factorised_diversity, landmark_fitting_errors, manipulation_pairs,
                                    middle_frames)
@@ -38,6 +38,10 @@ def test_a_row_has_every_applicable_metric(data):
     # the spheres' identities are scalings, their expressions small bumps: same-identity pairs differ far less
     assert row["data/diversity_same_identity_mm"] < row["data/diversity_global_mm"]
     assert "disentanglement/mean_mm" not in row  # SpiralNet++ predicts no neutral face
+    data_roughness = Roughness(data.template.faces)
+    data_roughness.update(test)
+    assert row["mesh_quality/roughness_data_mm"] == pytest.approx(float(data_roughness.compute()), rel=1e-5)
+    assert row["mesh_quality/roughness_samples_mm"] > 0 and row["mesh_quality/roughness_reconstruction_mm"] > 0
 
 
 class PerfectNeutral(SpiralNetPlusPlus):

@@ -54,6 +54,19 @@ EXPRESSION_RECIPES: dict[str, dict[str, float]] = {
     "mouth_up": {"mouthUpperUp": 1, "noseSneer": .7, "mouthShrugUpper": .5, "cheekSquint": .3},
 }
 
+# The unseen-expression protocol (``expressions="novel"``): the same people performing expressions that no CoMA-like
+# recipe contains, driven mostly by actions the training expressions never use (brow lowering, blinks, cheek puffs, the
+# jaw thrust, dimples) and, as ``mouth_right``, the mirror image of ``mouth_side``.
+NOVEL_EXPRESSION_RECIPES: dict[str, dict[str, float]] = {
+    "brow_frown": {"browDown": 1, "eyeSquint": .4, "noseSneer": .2},
+    "cheek_puff": {"cheekPuff": 1, "mouthClose": .3, "mouthPucker": .2},
+    "dimple_smile": {"mouthDimple": 1, "mouthSmile": .3, "cheekSquint": .3},
+    "eyes_closed": {"eyeBlink": 1, "browDown": .3},
+    "jaw_forward": {"jawForward": 1, "jawOpen": .1, "mouthClose": .2},
+    "mouth_right": {"mouthRight": 1, "jawRight": .6, "mouthSmileRight": .2},
+}
+EXPRESSION_SETS = {"coma": EXPRESSION_RECIPES, "novel": NOVEL_EXPRESSION_RECIPES}
+
 # Plausible adults (notes, "Face identities"): (distribution, a, b) for men and for women; subjects alternate genders
 # so that every preset is balanced. anny's age 0.70-0.88 is about 17-70 years.
 IDENTITY_PHENOTYPES: dict[str, tuple[tuple[str, float, float], tuple[str, float, float]]] = {
@@ -341,8 +354,12 @@ def _sequence(rng: np.random.Generator, preset: FacePreset, recipe_actions: np.n
 
 
 
-def generate_anny_face(size: str = "small", seed: int = 0, progress: bool = False) -> MeshCollection:
+def generate_anny_face(size: str = "small", seed: int = 0, progress: bool = False,
+                       expressions: str = "coma") -> MeshCollection:
     """Generate the anny-face dataset (see the module docstring); deterministic in ``seed``.
+
+    ``expressions``: ``"coma"``, the 12 CoMA-like expressions, or ``"novel"``, the same people performing the six
+    :data:`NOVEL_EXPRESSION_RECIPES` (the unseen-expression protocol; their timings are drawn from another stream).
 
     Meshes are sorted by (identity, expression, frame); ``frame`` is the frame's index in its full-rate sequence and
     ``intensity`` the sequence's envelope (0 = neutral, 1 = peak). ``neutral`` holds each subject's expressionless,
@@ -352,13 +369,17 @@ def generate_anny_face(size: str = "small", seed: int = 0, progress: bool = Fals
     model = _head_model()
     response = _local_target_response()
     labels, action_labels = model.local_change_labels, model.facial_action_labels
-    recipes = [_recipe_controls(EXPRESSION_RECIPES[name], action_labels, labels) for name in EXPRESSIONS]
+    if expressions not in EXPRESSION_SETS:
+        raise ValueError(f"anny-face: unknown expression set {expressions!r}; choose one of {', '.join(EXPRESSION_SETS)}")
+    names = tuple(EXPRESSION_SETS[expressions])
+    stream = 1 if expressions == "coma" else 2
+    recipes = [_recipe_controls(EXPRESSION_SETS[expressions][name], action_labels, labels) for name in names]
     identities = [_sample_identity(np.random.default_rng([seed, 0, subject]), subject % 2 == 1, labels,
                                    model.phenotype_labels, response) for subject in range(preset.subjects)]
     parts, identity_labels, expression_labels = [], [], []
     for subject, identity in enumerate(identities):
         for expression, (recipe_actions, recipe_local) in enumerate(recipes):
-            rng = np.random.default_rng([seed, 1, subject, expression])
+            rng = np.random.default_rng([seed, stream, subject, expression])
             parts.append(_sequence(rng, preset, recipe_actions, recipe_local, identity, action_labels.index("jawOpen")))
             identity_labels.append(np.full(len(parts[-1].frame), subject))
             expression_labels.append(np.full(len(parts[-1].frame), expression))
@@ -370,17 +391,21 @@ def generate_anny_face(size: str = "small", seed: int = 0, progress: bool = Fals
         labels={"identity": np.concatenate(identity_labels), "expression": np.concatenate(expression_labels),
                 "frame": controls.frame.astype(np.int64), "intensity": controls.intensity.astype(np.float32)},
         vocabularies={"identity": tuple(f"anny_{subject:03d}" for subject in range(preset.subjects)),
-                      "expression": EXPRESSIONS},
+                      "expression": names},
         neutral=_evaluate(model, neutral_controls),
         attributes={"generator": "anny-face", "version": GENERATOR_VERSION, "preset": size, "seed": seed,
                     "anny_version": package_version("anny")},
     )
 
 
-def load_anny_face(size: str = "small", seed: int = 0) -> MeshCollection:
+def load_anny_face(size: str = "small", seed: int = 0, expressions: str = "coma") -> MeshCollection:
     """The anny-face dataset from morphzoo's cache (memory-mapped), generated and stored atomically on first use."""
     preset = choose_preset(PRESETS, size, "anny-face")
-    key = (GENERATOR_VERSION, asdict(preset), seed, package_version("anny"))
-    collection = cached_collection(f"anny-face-{size}", key, lambda _: generate_anny_face(size, seed))
+    if expressions == "coma":  # the key of the original set is unchanged: existing caches stay valid
+        name, key = f"anny-face-{size}", (GENERATOR_VERSION, asdict(preset), seed, package_version("anny"))
+    else:
+        name = f"anny-face-{expressions}-{size}"
+        key = (GENERATOR_VERSION, asdict(preset), seed, package_version("anny"), expressions)
+    collection = cached_collection(name, key, lambda _: generate_anny_face(size, seed, expressions=expressions))
     # the landmarks are annotations, not generated data: attached on load, so older cache entries get them too
     return replace(collection, template=replace(collection.template, landmarks=np.array(LANDMARKS)))
