@@ -62,7 +62,7 @@ import torch
 from scipy.sparse.linalg import svds
 from torch import Tensor
 
-from morphzoo.mesh.regions import read_regions
+from morphzoo.mesh.regions import merge_regions, read_regions
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS, MorphableModel
 from morphzoo.nn.sparse import exporting
@@ -259,6 +259,10 @@ class RegionPCA(PCA):
         latent_dim: total latent size L, split over the K regions (the remainder to the first ones); L >= K.
         regions: a (V,) array of region labels (-1 = unassigned) or the path of a ``regions.json``; default: the
             template's regions. Read when the fit starts.
+        num_regions: with the template's regions, merge or split them to K regions exactly as LAMM's
+            ``regions="merge"`` does (:func:`~morphzoo.mesh.regions.merge_regions`, every vertex assigned), so that
+            region-PCA and LAMM share their regions, as in LAMM's supplementary comparison ("the same number of
+            regions as our models"). ``None``: the template's regions as they are.
         solver: see :func:`principal_axes`.
 
     Buffers besides PCA's: ``vertex_region`` (V,) and ``latent_region`` (L,), the region label of each vertex and of
@@ -266,7 +270,8 @@ class RegionPCA(PCA):
     """
 
     def __init__(self, template: Template | None = None, mean: Tensor | None = None, std: Tensor | None = None,
-                 latent_dim: int = 64, regions: str | Sequence[int] | None = None, solver: str = "auto") -> None:
+                 latent_dim: int = 64, regions: str | Sequence[int] | None = None, num_regions: int | None = None,
+                 solver: str = "auto") -> None:
         super().__init__(template, mean, std, latent_dim, solver)
         self.save_hyperparameters(ignore=DATA_ARGUMENTS)
         self.register_buffer("vertex_region", torch.zeros(self.num_vertices, dtype=torch.long))
@@ -288,6 +293,11 @@ class RegionPCA(PCA):
 
     def _resolve_regions(self) -> np.ndarray:
         name, regions = type(self).__name__, self.hparams.regions
+        if self.hparams.num_regions is not None:
+            if regions is not None:
+                raise ValueError(f"{name}: num_regions merges the template's regions; it cannot be combined with "
+                                 "explicit regions (give one of the two)")
+            return merge_regions(self.template, self.hparams.num_regions)[0]
         if isinstance(regions, (str, Path)):
             path = Path(regions)
             if not path.is_file():

@@ -10,7 +10,7 @@ import torch
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from morphzoo.methods import PCA, RegionPCA
+from morphzoo.methods import LAMM, PCA, RegionPCA
 from morphzoo.recipes import MorphzooCLI
 from tests.synthetic import SphereDataModule, sphere_collection, sphere_template
 
@@ -191,6 +191,23 @@ def test_regions_come_from_the_template_or_a_regions_json(tmp_path):
     from_template = RegionPCA(template=template, latent_dim=6).fit(collection.vertices)
     torch.testing.assert_close(from_file.components, from_template.components)
     assert from_file.vertex_region.tolist() == labels.tolist()
+
+
+def test_num_regions_gives_region_pca_lamms_regions():
+    """LAMM's supplementary comparison uses region-PCA with "the same number of regions as our models": num_regions
+    merges the template's regions exactly as LAMM's regions="merge" does."""
+    collection = sphere_collection(2, 2, 10)
+    labels = random_regions(collection.template, 6)
+    labels[:20] = -1  # unassigned vertices: merging assigns them, as in LAMM
+    template = type(collection.template)(vertices=collection.template.vertices, faces=collection.template.faces,
+                                         regions=labels)
+    model = RegionPCA(template=template, latent_dim=8, num_regions=4).fit(collection.vertices)
+    lamm = LAMM(template=template, regions="merge", num_regions=4, dim=16, heads=2, latent_dim=8, encoder_layers=1,
+                decoder_layers=1, control_vertices=2)
+    assert model.vertex_region.tolist() == lamm.region_labels.tolist()
+    assert sorted(model.segment_sizes()) == [0, 1, 2, 3]  # four regions, none unassigned
+    with pytest.raises(ValueError, match="cannot be combined with explicit regions"):
+        RegionPCA(template=template, latent_dim=8, num_regions=4, regions=labels).fit(collection.vertices)
 
 
 def test_bad_regions_raise_clear_errors(tmp_path):
