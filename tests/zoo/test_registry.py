@@ -214,12 +214,13 @@ def test_readme_table_check_detects_staleness(tmp_path, bundled):
     assert "`spiralnet-tiny-spheres`" in text and text.startswith("intro") and text.endswith("outro\n")
 
 
-def test_bundled_zoo_stays_under_90_mb():
-    # The wheel carries the zoo. The two IB-VAE entries are ~18 MB each in float16: their MLP decoders map 256 hidden
-    # units to 3V = 12,600 outputs (the paper's design), twice; the decoupled GAN's generator maps 512 to 12,600
-    # (14 MB).
+def test_bundled_zoo_stays_under_120_mb():
+    # The wheel carries the zoo: 24 checkpoints, 112 MB in float16 (an 81 MB wheel). The two IB-VAE entries are
+    # ~18 MB each: their MLP decoders map 256 hidden units to 3V = 12,600 outputs (the paper's design), twice; the
+    # decoupled GAN's generator maps 512 to 12,600 (14 MB); the nine PCA / SpiralNet++ / Deep3DMM entries on
+    # anny-body, anny-hand and anny-bu3dfe add 16 MB.
     total = sum(f.stat().st_size for f in (ROOT / "zoo").rglob("*") if f.is_file()) if (ROOT / "zoo").exists() else 0
-    assert total < 90e6
+    assert total < 120e6
 
 
 def morphzoo_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
