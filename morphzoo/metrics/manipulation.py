@@ -10,7 +10,6 @@ from torchmetrics import Metric
 
 from morphzoo.metrics.vertex_error import MM_PER_METRE
 
-
 MANIPULATION_CHANGES = ("identity", "expression")
 PARTNER_CHUNK = 1024  # rows of the (chunk, N) score matrix drawn at a time: memory stays bounded on large splits
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from lightning import Trainer
 
-from morphzoo.metrics.manipulation import manipulation_partners
 from morphzoo.mesh.regions import cluster_regions, control_vertices, load_regions, merge_regions
 from morphzoo.mesh.template import Template
 from morphzoo.methods import LAMM
 from morphzoo.methods.lamm import ControlBranch
+from morphzoo.metrics.manipulation import manipulation_partners
 from morphzoo.nn import MixerBlock, TokenBackbone, TransformerBlock
 from morphzoo.recipes import MorphzooCLI
 from morphzoo.zoo.evaluate import manipulation_metrics

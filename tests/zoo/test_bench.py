@@ -9,7 +9,7 @@ from morphzoo.metrics.vertex_error import VertexError
 from morphzoo.recipes import RecipeError
 from morphzoo.zoo import hub
 from morphzoo.zoo import registry as zoo
-from morphzoo.zoo.bench import write_leaderboard, datamodule_for
+from morphzoo.zoo.bench import datamodule_for, write_leaderboard
 from morphzoo.zoo.checkpoint import write_checkpoint
 from tests.zoo.test_checkpoint import tiny_spiralnet
 from tests.zoo.test_registry import cli, registry_entry, write_registry_file

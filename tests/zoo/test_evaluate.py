@@ -9,8 +9,13 @@ import torch
 from morphzoo.methods import PCA, DecoupledGAN, SpiralNetPlusPlus
 from morphzoo.metrics import Roughness, VertexError
 from morphzoo.zoo import evaluate_model
-from morphzoo.zoo.evaluate import (data_diversity, factorised_diversity, landmark_fitting_errors, manipulation_pairs,
-                                   middle_frames)
+from morphzoo.zoo.evaluate import (
+    data_diversity,
+    factorised_diversity,
+    landmark_fitting_errors,
+    manipulation_pairs,
+    middle_frames,
+)
 from tests.synthetic import SphereDataModule
 
 

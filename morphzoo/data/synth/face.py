@@ -366,11 +366,12 @@ def generate_anny_face(size: str = "small", seed: int = 0, progress: bool = Fals
     unposed face. Subject ``k`` and its sequences are the same in every preset (random streams keyed by seed and index).
     """
     preset = choose_preset(PRESETS, size, "anny-face")
+    if expressions not in EXPRESSION_SETS:  # before anny's model is built
+        raise ValueError(f"anny-face: unknown expression set {expressions!r}; choose one of "
+                         f"{', '.join(EXPRESSION_SETS)}")
     model = _head_model()
     response = _local_target_response()
     labels, action_labels = model.local_change_labels, model.facial_action_labels
-    if expressions not in EXPRESSION_SETS:
-        raise ValueError(f"anny-face: unknown expression set {expressions!r}; choose one of {', '.join(EXPRESSION_SETS)}")
     names = tuple(EXPRESSION_SETS[expressions])
     stream = 1 if expressions == "coma" else 2
     recipes = [_recipe_controls(EXPRESSION_SETS[expressions][name], action_labels, labels) for name in names]
