@@ -13,14 +13,11 @@ values is the sampled product ``(G Xᵀ)`` on its pattern (``torch.sparse.sample
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from morphzoo.nn.sparse import exporting, padded_matmul, padded_rows
+from morphzoo.nn.sparse import csr_tensor, exporting, padded_matmul, padded_rows, quiet_sparse_csr
 
 AGGREGATIONS = ("attention", "full", "average", "full-qem")
 """How the learned matrix ``M_a`` is built (paper Table 1): ``"attention"`` (the paper's method, Eq. 3-6),
@@ -56,19 +53,6 @@ def vertex_embeddings(positions: Tensor, frame: Tensor, dim: int = 21) -> nn.Par
     return nn.Parameter(torch.cat([POSITION_SCALE * standardised, noise], dim=1))
 
 
-@contextlib.contextmanager
-def _quiet_sparse_csr():
-    """torch warns once that sparse CSR support is "beta": nothing a user can act on."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        yield
-
-
-def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    with _quiet_sparse_csr():
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
-
-
 class _RowsMatmul(torch.autograd.Function):
     """``M @ x`` for a sparse ``M`` with ``k`` non-zeros per row at sorted, distinct columns ``index`` (n_out, k)."""
 
@@ -76,7 +60,7 @@ class _RowsMatmul(torch.autograd.Function):
     def forward(ctx, index: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         n_out, k = index.shape
         crow = torch.arange(0, n_out * k + 1, k, device=index.device)
-        matrix = _csr(crow, index.reshape(-1), weight.reshape(-1), (n_out, len(x)))
+        matrix = csr_tensor(crow, index.reshape(-1), weight.reshape(-1), (n_out, len(x)))
         ctx.save_for_backward(index, weight, x)
         return matrix @ x
 
@@ -87,13 +71,13 @@ class _RowsMatmul(torch.autograd.Function):
         columns = index.reshape(-1)
         grad_weight = grad_x = None
         if ctx.needs_input_grad[1]:  # dL/dM_ij = (G Xᵀ)_ij on the pattern only
-            pattern = _csr(torch.arange(0, n_out * k + 1, k, device=index.device), columns, weight.reshape(-1),
+            pattern = csr_tensor(torch.arange(0, n_out * k + 1, k, device=index.device), columns, weight.reshape(-1),
                            (n_out, len(x)))
             grad_weight = torch.sparse.sampled_addmm(pattern, grad, x.T, beta=0.0).values().view(n_out, k)
         if ctx.needs_input_grad[2]:  # dL/dX = Mᵀ G; Mᵀ in CSR: entries by column, stably (rows stay sorted)
             order = torch.argsort(columns, stable=True)
             crow = F.pad(torch.bincount(columns, minlength=len(x)).cumsum(0), (1, 0))
-            transposed = _csr(crow, torch.div(order, k, rounding_mode="floor"), weight.reshape(-1)[order],
+            transposed = csr_tensor(crow, torch.div(order, k, rounding_mode="floor"), weight.reshape(-1)[order],
                               (len(x), n_out))
             grad_x = transposed @ grad
         return None, grad_weight, grad_x
@@ -309,7 +293,7 @@ class SparseMapping(nn.Module):
     def __init__(self, matrix: Tensor) -> None:
         super().__init__()
         csr = matrix.detach().float()
-        with _quiet_sparse_csr():
+        with quiet_sparse_csr():
             csr = csr.to_sparse_csr() if csr.layout != torch.sparse_csr else csr
         self.num_outputs, self.num_inputs = csr.shape
         # copies: views of a sparse tensor's members cannot be traced (torch.export)
@@ -338,7 +322,8 @@ class SparseMapping(nn.Module):
         if exporting():  # a traced graph cannot hold a sparse tensor (nn/sparse.py)
             return _from_vertex_major(padded_matmul(self.padded_index, self.padded_weight, _to_vertex_major(x)),
                                       x.shape[0])
-        matrix = _csr(self.crow_indices, self.col_indices, self.values.to(x.dtype), (self.num_outputs, self.num_inputs))
+        matrix = csr_tensor(self.crow_indices, self.col_indices, self.values.to(x.dtype),
+                            (self.num_outputs, self.num_inputs))
         return _from_vertex_major(matrix @ _to_vertex_major(x), x.shape[0])
 
     def extra_repr(self) -> str:

@@ -9,7 +9,8 @@ Outside it they run their fast paths.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -59,3 +60,81 @@ def padded_matmul(index: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         index, weight: (R, D); x: (n_in, C) -> (R, C).
     """
     return (weight[..., None].to(x.dtype) * x[index]).sum(1)
+
+
+@contextmanager
+def quiet_sparse_csr() -> Iterator[None]:
+    """torch warns once that sparse CSR support is "beta": nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A CSR view of already-sorted components, without torch's O(nnz) invariant check."""
+    with quiet_sparse_csr():
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def csr_from_entries(rows: Tensor, columns: Tensor, shape: tuple[int, int], values: Tensor | None = None) -> Tensor:
+    """The CSR matrix with ``values`` (default 1) at ``(rows, columns)``, repeated entries summed; on their device."""
+    values = torch.ones(len(rows), device=rows.device) if values is None else values
+    with quiet_sparse_csr():
+        return torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape).coalesce().to_sparse_csr()
+
+
+def cpu_sparse_path(x: Tensor) -> bool:
+    """Whether a layer takes its CPU path of sparse products (MKL's): a float32 ``x`` on a CPU, outside the export
+    form. Elsewhere layers take their gather paths (CUDA, bfloat16 and float16 under autocast, export)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not exporting()
+
+
+class SparseCache:
+    """Sparse tensors a module derives from its buffers, built on first use for each key (a device, the buffers'
+    versions). Copies and pickles of the module start empty: the tensors are derived data, and sparse CSR tensors can
+    be neither deep-copied nor pickled."""
+
+    def __init__(self) -> None:
+        self._entries: dict = {}
+
+    def get(self, key, build: Callable[[], object]):
+        if key not in self._entries:
+            self._entries = {key: build()}  # one entry: a module lives on one device at a time
+        return self._entries[key]
+
+    def __deepcopy__(self, memo: dict) -> SparseCache:
+        return SparseCache()
+
+    def __reduce__(self) -> tuple:
+        return SparseCache, ()
+
+
+def meshwise_product(matrix: Tensor, x: Tensor, bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    """``out[b] = matrix @ x[b] (+ bias)`` for a sparse ``matrix``, one mesh at a time: each mesh's (V, C) slice is
+    contiguous in the (B, V, C) layout, so no transposition to a (V, B·C) layout is needed.
+
+    Shapes:
+        matrix: (R, V) sparse; x: (B, V, C); bias: (C,) -> (B, R, C).
+    """
+    out = x.new_empty(len(x), matrix.shape[0], x.shape[2]) if out is None else out
+    for x_mesh, out_mesh in zip(x, out, strict=True):
+        if bias is None:
+            torch.mm(matrix, x_mesh, out=out_mesh)
+        else:
+            torch.addmm(bias, matrix, x_mesh, out=out_mesh)
+    return out
+
+
+class MeshwiseProduct(torch.autograd.Function):
+    """:func:`meshwise_product` with its gradient ``transposed @ g[b]`` (``transposed`` = ``matrixᵀ`` in CSR, so the
+    backward gathers instead of scattering)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, matrix: Tensor, transposed: Tensor) -> Tensor:
+        ctx.transposed = transposed
+        return meshwise_product(matrix, x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        return meshwise_product(ctx.transposed, grad.contiguous()), None, None

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -45,46 +47,57 @@ def test_chebconv_equals_pytorch_geometric():
 
 
 @pytest.mark.parametrize("pad_with_dummy", [False, True])
-def test_spiralconv_is_the_spiral_formula_in_every_form(pad_with_dummy, monkeypatch):
-    """x'_i = W ‖_{j∈S(i)} x_j + b, written per vertex; in cache-sized blocks (forced small here), in one pass and in
-    the export form, with the same gradients."""
+@pytest.mark.parametrize("in_channels, out_channels, bias", [(4, 6, True), (6, 4, True), (5, 5, False)])
+def test_spiralconv_is_the_spiral_formula_in_every_form(pad_with_dummy, in_channels, out_channels, bias, monkeypatch):
+    """x'_i = W ‖_{j∈S(i)} x_j + b, written per vertex; on the CPU path (gather first for C_out > C_in, multiply first
+    otherwise) in cache-sized blocks (forced small here) and in one pass, on the gather path (float64, as on CUDA) and
+    in the export form, with the same gradients for x, W and b."""
     from morphzoo.nn import spiralconv
     from morphzoo.nn.sparse import export_form
 
     generator = torch.Generator().manual_seed(0)
     vertices, length, batch = 30, 5, 7
     spirals = torch.randint(0, vertices + pad_with_dummy, (vertices, length), generator=generator)
-    conv = spiralconv.SpiralConv(4, 6, spirals, pad_with_dummy=pad_with_dummy)
-    x = torch.randn(batch, vertices, 4, generator=generator, requires_grad=True)
-    padded = torch.cat([x, x.new_zeros(batch, 1, 4)], 1) if pad_with_dummy else x
+    conv = spiralconv.SpiralConv(in_channels, out_channels, spirals, pad_with_dummy=pad_with_dummy, bias=bias)
+    assert conv.patterns().multiply_first == (out_channels <= in_channels)
+    # a transposed view: the layer must not rely on its input's layout
+    x = torch.randn(vertices, batch, in_channels, generator=generator).transpose(0, 1).requires_grad_(True)
+    parameters = [x, *conv.parameters()]
+    padded = torch.cat([x, x.new_zeros(batch, 1, in_channels)], 1) if pad_with_dummy else x
     expected = torch.stack([torch.cat([padded[:, j] for j in spirals[i]], -1) for i in range(vertices)], 1)
-    expected = expected @ conv.linear.weight.T + conv.linear.bias
-    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+    expected = expected @ conv.linear.weight.T + (conv.linear.bias if bias else 0)
+    expected_grads = torch.autograd.grad(expected.square().sum(), parameters)
     monkeypatch.setattr(spiralconv, "CPU_GATHER_BLOCK_BYTES", 1)  # one mesh per block
     forms = {"blocks": conv(x)}
     monkeypatch.setattr(spiralconv, "CPU_GATHER_BLOCK_BYTES", 2**30)
     forms["one pass"] = conv(x)
     with export_form():
         forms["export"] = conv(x)
-    for form, output in forms.items():
-        torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5, msg=form)
-        (grad,) = torch.autograd.grad(output.square().sum(), x)
-        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5, msg=form)
+    forms = {form: (output, parameters) for form, output in forms.items()}
+    double = copy.deepcopy(conv).double()
+    x_double = x.detach().double().requires_grad_(True)
+    forms["gather path"] = (double(x_double), [x_double, *double.parameters()])
+    for form, (output, inputs) in forms.items():
+        torch.testing.assert_close(output.float(), expected, atol=1e-5, rtol=1e-5, msg=form)
+        grads = torch.autograd.grad(output.square().sum(), inputs)
+        for name, grad, expected_grad in zip(("x", "W", "b"), grads, expected_grads, strict=False):
+            torch.testing.assert_close(grad.float(), expected_grad, atol=1e-4, rtol=1e-5, msg=f"{form}: d{name}")
 
 
-def test_pooling_layers_apply_the_sampling_matrices():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # CPU sparse path / gather path (as on CUDA)
+def test_pooling_layers_apply_the_sampling_matrices(dtype):
     template = sphere_template(3)
     level = mesh_hierarchy(template, [4]).levels[0]
-    x = torch.randn(2, template.num_vertices, 3)
+    x = torch.randn(2, template.num_vertices, 3, dtype=dtype)
     coarse = Downsample(level.down_index)(x)
     expected = np.stack([level.down_matrix() @ x_i.numpy() for x_i in x])
     np.testing.assert_allclose(coarse.numpy(), expected, atol=1e-6)
     fine = Upsample(level.up_index, level.up_weight)(coarse)
     expected = np.stack([level.up_matrix() @ c.numpy() for c in coarse])
     np.testing.assert_allclose(fine.numpy(), expected, atol=1e-5)
-    # training's gradients (Upsample's own sparse backward, Downsample's index_select) are Uᵀ g and Dᵀ g
+    # training's gradients (Upsample's sparse backward, Downsample's index_select) are Uᵀ g and Dᵀ g
     x.requires_grad_(True)
-    g = torch.randn(2, template.num_vertices, 3)
+    g = torch.randn(2, template.num_vertices, 3, dtype=dtype)
     (grad,) = torch.autograd.grad((Upsample(level.up_index, level.up_weight)(Downsample(level.down_index)(x)) * g)
                                   .sum(), x)
     up, down = level.up_matrix(), level.down_matrix()
