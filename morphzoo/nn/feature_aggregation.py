@@ -13,6 +13,8 @@ values is the sampled product ``(G Xᵀ)`` on its pattern (``torch.sparse.sample
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -90,6 +92,30 @@ def rows_matmul(index: Tensor, weight: Tensor, x: Tensor) -> Tensor:
     ``x``.
     """
     return _RowsMatmul.apply(index, weight, x)
+
+
+def top_k_columns(scores: Tensor, k: int) -> Tensor:
+    """The columns of each row's ``k`` largest scores, in increasing order: ``scores.topk(k).indices.sort(1).values``
+    in two cheaper selections (1.6× faster on Deep3DMM's 5023 × 1256 up-sampling scores, k = 32, on 2 cores).
+
+    The columns are cut into groups of ``g ≈ √(n_in / k)``; the ``k`` groups with the largest maxima hold every score
+    above the k-th largest (fewer than ``k`` groups can have a larger maximum), and enough equal to it, so a top-k of
+    their ``k·g`` candidates is a top-k of the row. Among tied scores it may pick other columns than ``topk`` would;
+    the selected values are the same.
+
+    Shapes:
+        scores: (n_out, n_in) -> (n_out, k).
+    """
+    num_rows, num_columns = scores.shape
+    width = max(1, round(math.sqrt(num_columns / k)))
+    num_groups = -(-num_columns // width)
+    if width == 1 or num_groups <= k:
+        return scores.topk(k, dim=1, sorted=False).indices.sort(1).values
+    grouped = F.pad(scores, (0, num_groups * width - num_columns), value=-math.inf).view(num_rows, num_groups, width)
+    groups = grouped.amax(2).topk(k, dim=1, sorted=False).indices
+    candidates = (groups[:, :, None] * width + torch.arange(width, device=scores.device)).view(num_rows, -1)
+    best = grouped.view(num_rows, -1).gather(1, candidates).topk(k, dim=1, sorted=False).indices
+    return candidates.gather(1, best).sort(1).values
 
 
 def _to_vertex_major(x: Tensor) -> Tensor:
@@ -225,8 +251,10 @@ class FeatureAggregation(nn.Module):
         if self.top_k is None:
             return None, self._normalise_rows((queries @ keys.T).clamp_min(0))
         with torch.no_grad():  # select on the dense scores, then recompute only the selected ones with gradients
-            index = (queries @ keys.T).topk(self.top_k, dim=1).indices.sort(1).values
-        scores = (queries[:, None, :] * keys[index]).sum(-1).clamp_min(0)
+            index = top_k_columns(queries @ keys.T, self.top_k)
+        # index_select, not keys[index]: 2-3× faster forward + backward on a CPU
+        selected = keys.index_select(0, index.reshape(-1)).view(*index.shape, -1)
+        scores = (queries[:, None, :] * selected).sum(-1).clamp_min(0)
         return index, self._normalise_rows(scores)
 
     @staticmethod

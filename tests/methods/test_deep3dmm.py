@@ -19,7 +19,7 @@ from morphzoo.mesh.sampling import mesh_hierarchy
 from morphzoo.methods import CoMA, Deep3DMMSpectral, Deep3DMMSpiral, Neural3DMM
 from morphzoo.methods.deep3dmm import SETTINGS
 from morphzoo.nn import Downsample, FeatureAggregation, SparseMapping, Upsample
-from morphzoo.nn.feature_aggregation import rows_matmul, vertex_embeddings
+from morphzoo.nn.feature_aggregation import rows_matmul, top_k_columns, vertex_embeddings
 from morphzoo.recipes import MorphzooCLI
 from tests.synthetic import SphereDataModule, sphere_collection, sphere_template
 
@@ -59,6 +59,17 @@ def test_rows_matmul_is_the_sparse_product_and_its_gradient():
     dense = torch.zeros(7, 10, dtype=torch.float64).scatter(1, index, weight.detach())
     torch.testing.assert_close(rows_matmul(index, weight, x), dense @ x)
     assert torch.autograd.gradcheck(lambda w, v: rows_matmul(index, w, v), (weight, x))
+
+
+@pytest.mark.parametrize("num_rows, num_columns, k", [(40, 1256, 32), (30, 5023, 2), (20, 97, 3), (10, 33, 32)])
+def test_top_k_columns_select_what_topk_selects(num_rows, num_columns, k):
+    """The two-stage selection (groups, then candidates) against one topk: random scores, a column count that leaves
+    the last group short, k close to the column count, and rows whose best scores share one group."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(num_rows, num_columns, generator=generator)
+    scores[0, :k] += 10  # one row's top-k packed into the first columns
+    expected = scores.topk(k, dim=1).indices.sort(1).values
+    torch.testing.assert_close(top_k_columns(scores, k), expected, rtol=0, atol=0)
 
 
 def test_top_k_rows_have_k_non_zeros_and_sum_to_one(template):
