@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from morphzoo.nn.sparse import MeshwiseProduct, SparseCache, cpu_sparse_path, csr_from_entries
+from morphzoo.nn.sparse import DerivedCache, MeshwiseProduct, cpu_sparse_path, csr_from_entries
 
 
 class Downsample(nn.Module):
@@ -33,7 +33,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.register_buffer("up_index", torch.as_tensor(up_index, dtype=torch.long))
         self.register_buffer("up_weight", torch.as_tensor(up_weight, dtype=torch.float32))
-        self._sparse = SparseCache()
+        self._sparse = DerivedCache()
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (B, V_coarse, C) -> (B, V_fine, C)."""

@@ -80,19 +80,23 @@ def csr_from_entries(rows: Tensor, columns: Tensor, shape: tuple[int, int], valu
     """The CSR matrix with ``values`` (default 1) at ``(rows, columns)``, repeated entries summed; on their device."""
     values = torch.ones(len(rows), device=rows.device) if values is None else values
     with quiet_sparse_csr():
-        return torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape).coalesce().to_sparse_csr()
+        csr = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape).coalesce().to_sparse_csr()
+    # int32 indices: MKL's kernels take them as they are (int64 ones are converted on every product)
+    return csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), shape)
 
 
 def cpu_sparse_path(x: Tensor) -> bool:
-    """Whether a layer takes its CPU path of sparse products (MKL's): a float32 ``x`` on a CPU, outside the export
-    form. Elsewhere layers take their gather paths (CUDA, bfloat16 and float16 under autocast, export)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not exporting()
+    """Whether a layer takes its CPU path of sparse products (MKL's): a float32 ``x`` on a CPU, outside autocast and
+    the export form. Elsewhere layers take their gather paths: on CUDA, in half precision (the CPU's sparse kernels
+    have none; under CPU autocast these paths run in bfloat16) and in the export form."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not exporting()
+            and not torch.is_autocast_enabled("cpu"))
 
 
-class SparseCache:
-    """Sparse tensors a module derives from its buffers, built on first use for each key (a device, the buffers'
-    versions). Copies and pickles of the module start empty: the tensors are derived data, and sparse CSR tensors can
-    be neither deep-copied nor pickled."""
+class DerivedCache:
+    """Tensors a module derives from its buffers or parameters (sparse patterns, a rearranged weight), built on first
+    use for each key (a device, the sources' versions). Copies and pickles of the module start empty: the tensors are
+    derived data, and sparse CSR tensors can be neither deep-copied nor pickled."""
 
     def __init__(self) -> None:
         self._entries: dict = {}
@@ -102,11 +106,11 @@ class SparseCache:
             self._entries = {key: build()}  # one entry: a module lives on one device at a time
         return self._entries[key]
 
-    def __deepcopy__(self, memo: dict) -> SparseCache:
-        return SparseCache()
+    def __deepcopy__(self, memo: dict) -> DerivedCache:
+        return DerivedCache()
 
     def __reduce__(self) -> tuple:
-        return SparseCache, ()
+        return DerivedCache, ()
 
 
 def meshwise_product(matrix: Tensor, x: Tensor, bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:

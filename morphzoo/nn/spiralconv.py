@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from morphzoo.nn.sparse import SparseCache, cpu_sparse_path, csr_from_entries, meshwise_product
+from morphzoo.nn.sparse import DerivedCache, cpu_sparse_path, csr_from_entries, meshwise_product
 
 # On a CPU, the L·C values a vertex that a spiral gathers are streamed a few meshes at a time so that each block stays
 # cache-resident (2.3× faster decoding at batch 64 on 5k vertices, measured on 2 cores).
@@ -26,8 +26,9 @@ class SpiralConv(nn.Module):
     each spiral as a sparse product; with :math:`C_{out} > C_{in}`, gather the inputs and multiply, as written. The
     backward is written by hand: the transposed gathers are sparse products too (autograd's ``index_select``
     backward scatter-adds, 8× slower on a CPU), and the gathered features are recomputed block by block instead of
-    being kept for the whole batch. Elsewhere (CUDA, bfloat16 or float16 inputs, the export form) the layer is the
-    formula as written (``index_select`` + one ``Linear``), whose backward scatter-adds (with atomics on a GPU).
+    being kept for the whole batch. Elsewhere (CUDA, half precision or autocast, the export form) the
+    layer is the formula as written (``index_select`` + one ``Linear``), whose backward scatter-adds (with atomics on
+    a GPU).
 
     Args:
         in_channels: input features per vertex.
@@ -54,13 +55,21 @@ class SpiralConv(nn.Module):
         self.linear = nn.Linear(in_channels * spirals.shape[1], out_channels, bias=bias)
         if xavier:
             xavier_initialise(self.linear)
-        self._sparse = SparseCache()
+        self._sparse, self._stacked_weight = DerivedCache(), DerivedCache()
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (B, V, C_in) -> (B, V, C_out)."""
         if cpu_sparse_path(x):
             patterns = self._sparse.get((self.spirals.device, self.spirals._version), self.patterns)
-            return _SpiralProduct.apply(x, self.linear.weight, self.linear.bias, patterns)
+            weight, bias = self.linear.weight, self.linear.bias
+            if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+                return _SpiralProduct.apply(x, weight, bias, patterns)
+            stacked = None
+            if patterns.multiply_first:  # inference: the rearranged weight is kept while the weight is unchanged
+                # (optimiser steps and load_state_dict bump the version; writes through .data would not be seen)
+                key = (weight.device, weight.data_ptr(), weight._version)
+                stacked = self._stacked_weight.get(key, lambda: _stacked(weight, patterns.length))
+            return spiral_product(x, weight, bias, patterns, stacked)
         batch, num_vertices, _ = x.shape
         if self.pad_with_dummy:
             x = torch.cat([x, x.new_zeros(batch, 1, x.shape[2])], dim=1)
@@ -102,9 +111,12 @@ class SpiralPatterns:
             self.gather_transposed = csr_from_entries(neighbour, position, size)
 
 
-def spiral_product(x: Tensor, weight: Tensor, bias: Tensor | None, patterns: SpiralPatterns) -> Tensor:
+def spiral_product(
+    x: Tensor, weight: Tensor, bias: Tensor | None, patterns: SpiralPatterns, stacked: Tensor | None = None,
+) -> Tensor:
     """The spiral convolution with the linear map's ``weight`` (C_out, L·C_in) and ``bias``, a cache-sized block of
-    meshes at a time, on the narrower side of ``weight`` (see :class:`SpiralConv`).
+    meshes at a time, on the narrower side of ``weight`` (see :class:`SpiralConv`); ``stacked``: ``weight``
+    rearranged by :func:`_stacked`, if already at hand.
 
     Shapes:
         x: (B, V, C_in) -> (B, V, C_out).
@@ -113,7 +125,7 @@ def spiral_product(x: Tensor, weight: Tensor, bias: Tensor | None, patterns: Spi
     out_channels, length = weight.shape[0], patterns.length
     x, out = x.contiguous(), x.new_empty(batch, num_vertices, out_channels)
     if patterns.multiply_first:
-        stacked = _stacked(weight, length)
+        stacked = _stacked(weight, length) if stacked is None else stacked
         block = _block(num_vertices * length * out_channels * x.element_size())
         for x_block, out_block in zip(x.split(block), out.split(block), strict=True):
             products = (x_block.reshape(-1, in_channels) @ stacked).view(len(x_block), -1, out_channels)
@@ -132,10 +144,9 @@ def spiral_product(x: Tensor, weight: Tensor, bias: Tensor | None, patterns: Spi
 
 class _SpiralProduct(torch.autograd.Function):
     """:func:`spiral_product` with a hand-written backward. It keeps the input, not the gathered features, and
-    recomputes them block by block. Under autocast it computes in float32: the CPU's sparse kernels have no bfloat16."""
+    recomputes them block by block."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, patterns: SpiralPatterns) -> Tensor:
         x = x.contiguous()  # the blocks are views of the batch
         ctx.save_for_backward(x, weight)
@@ -143,7 +154,6 @@ class _SpiralProduct(torch.autograd.Function):
         return spiral_product(x, weight, bias, patterns)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         x, weight = ctx.saved_tensors

@@ -10,7 +10,7 @@ from morphzoo.mesh.sampling import mesh_hierarchy
 from morphzoo.mesh.template import Template
 from morphzoo.methods import CoMA, SpiralNetPlusPlus
 from morphzoo.methods.coma import SETTINGS
-from morphzoo.nn import ChebConv, Downsample, Upsample
+from morphzoo.nn import ChebConv, Downsample, SpiralConv, Upsample
 from tests.synthetic import sphere_collection, sphere_template
 
 
@@ -49,9 +49,9 @@ def test_chebconv_equals_pytorch_geometric():
 @pytest.mark.parametrize("pad_with_dummy", [False, True])
 @pytest.mark.parametrize("in_channels, out_channels, bias", [(4, 6, True), (6, 4, True), (5, 5, False)])
 def test_spiralconv_is_the_spiral_formula_in_every_form(pad_with_dummy, in_channels, out_channels, bias, monkeypatch):
-    """x'_i = W ‖_{j∈S(i)} x_j + b, written per vertex; on the CPU path (gather first for C_out > C_in, multiply first
-    otherwise) in cache-sized blocks (forced small here) and in one pass, on the gather path (float64, as on CUDA) and
-    in the export form, with the same gradients for x, W and b."""
+    """x'_i = W ‖_{j∈S(i)} x_j + b, written per vertex; on the CPU's sparse path (gather first for C_out > C_in,
+    multiply first otherwise) in cache-sized blocks (forced small here), in one pass and without autograd, on the plain
+    path (float64, as on CUDA) and in the export form, with the same gradients for x, W and b."""
     from morphzoo.nn import spiralconv
     from morphzoo.nn.sparse import export_form
 
@@ -74,14 +74,41 @@ def test_spiralconv_is_the_spiral_formula_in_every_form(pad_with_dummy, in_chann
     with export_form():
         forms["export"] = conv(x)
     forms = {form: (output, parameters) for form, output in forms.items()}
+    with torch.no_grad():
+        forms["one pass, no autograd"] = (conv(x), None)
     double = copy.deepcopy(conv).double()
     x_double = x.detach().double().requires_grad_(True)
     forms["gather path"] = (double(x_double), [x_double, *double.parameters()])
     for form, (output, inputs) in forms.items():
         torch.testing.assert_close(output.float(), expected, atol=1e-5, rtol=1e-5, msg=form)
+        if inputs is None:
+            continue
         grads = torch.autograd.grad(output.square().sum(), inputs)
         for name, grad, expected_grad in zip(("x", "W", "b"), grads, expected_grads, strict=False):
             torch.testing.assert_close(grad.float(), expected_grad, atol=1e-4, rtol=1e-5, msg=f"{form}: d{name}")
+
+
+def test_spiralconv_inference_follows_weight_updates():
+    """Inference keeps a rearranged weight between calls: an optimiser step and a load_state_dict must reach it."""
+    generator = torch.Generator().manual_seed(0)
+    conv = SpiralConv(6, 4, torch.randint(0, 30, (30, 5), generator=generator))  # multiply first: C_out <= C_in
+    x = torch.randn(3, 30, 6, generator=generator)
+
+    def plain() -> torch.Tensor:
+        return conv.linear(x[:, conv.spirals.reshape(-1)].reshape(3, 30, -1))
+
+    with torch.inference_mode():
+        torch.testing.assert_close(conv(x), plain(), atol=1e-5, rtol=1e-5)
+    optimiser = torch.optim.SGD(conv.parameters(), lr=0.1)
+    conv(x).square().sum().backward()
+    optimiser.step()
+    with torch.inference_mode():
+        torch.testing.assert_close(conv(x), plain(), atol=1e-5, rtol=1e-5)
+    state = {name: torch.randn_like(value) if name == "linear.weight" else value
+             for name, value in conv.state_dict().items()}
+    conv.load_state_dict(state)
+    with torch.inference_mode():
+        torch.testing.assert_close(conv(x), plain(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # CPU sparse path / gather path (as on CUDA)
