@@ -15,9 +15,10 @@ Deep3DMM has no reference port; its row compares it with its QEM twin (the same 
 
 Timing alternates one morphzoo call and one reference call, after warm-up, on the same inputs and thread count; each
 ratio (reference time / morphzoo time: above 1, morphzoo is faster) is given as min / median / max over the pairs.
-A training step's dense FLOPs (``torch.utils.flop_counter``) over its time gives the achieved GFLOP/s, beside the
-machine's matmul peak measured at the start (a 2048² float32 product); not for models with sparse products, which the
-counter prices as dense ones. Templates: anny-face (4200 vertices) and a
+A training step's dense FLOPs (``torch.utils.flop_counter`` on the layers' plain form: the linear maps the formula
+needs) over its time gives the achieved GFLOP/s, beside the machine's matmul peak measured at the start (a 2048²
+float32 product); not for models whose plain form has sparse products (CoMA, Deep3DMM), which the counter prices as
+dense ones. Templates: anny-face (4200 vertices) and a
 closed 5023-vertex sphere whose QEM levels have the CoMA template's sizes (5023/1256/314/79/20).
 
     python benchmarks/speed.py [--skip-anny] [--steps 8] [--device cpu|cuda] [--out runs/benchmarks/speed.json]
@@ -45,6 +46,7 @@ from morphzoo.mesh.template import Template
 from morphzoo.methods import PCA, CoMA, Deep3DMMSpectral, Deep3DMMSpiral, Neural3DMM, SpiralNetPlusPlus
 from morphzoo.nn import ChebConv, Downsample, Upsample
 from morphzoo.nn.feature_aggregation import FeatureAggregation, SparseMapping
+from morphzoo.nn.sparse import export_form
 from morphzoo.nn.spiralconv import SpiralConv
 
 
@@ -224,12 +226,13 @@ def measure(model: torch.nn.Module, peer: torch.nn.Module | None, steps: int) ->
         with torch.no_grad():
             torch.testing.assert_close(trained_peer.eval()(vertices), model.eval()(vertices), atol=1e-5, rtol=1e-5)
     ours_step, peer_step = training_step(model, vertices), training_step(trained_peer, vertices)
-    with FlopCounterMode(display=False) as counter:
+    # the formula's dense FLOPs: counted on the layers' plain form (torch's counter prices a sparse product as dense)
+    with export_form(), FlopCounterMode(display=False) as counter:
         ours_step()
     train = paired(ours_step, peer_step, steps)
     model.prepare_inference()
     decode_peer = reference_of(model).eval() if peer is None else peer.prepare_inference()
-    # torch's FLOP counter prices a sparse product as a dense one: the rate is only given for models without them
+    # models whose plain form still has sparse products (Chebyshev, Deep3DMM's mappings) get no rate
     sparse = any(isinstance(m, (ChebConv, FeatureAggregation, SparseMapping)) for m in model.modules())
     result = {"parameters": model.num_learned_values(), "train": train,
               "train_gflop_per_step": None if sparse else counter.get_total_flops() / 1e9}
