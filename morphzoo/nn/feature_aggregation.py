@@ -108,14 +108,17 @@ def top_k_columns(scores: Tensor, k: int) -> Tensor:
     """
     num_rows, num_columns = scores.shape
     width = max(1, round(math.sqrt(num_columns / k)))
-    num_groups = -(-num_columns // width)
-    if width == 1 or num_groups <= k:
+    whole = num_columns // width  # groups of `width`; a last, shorter group holds the rest
+    if width == 1 or -(-num_columns // width) <= k:
         return scores.topk(k, dim=1, sorted=False).indices.sort(1).values
-    grouped = F.pad(scores, (0, num_groups * width - num_columns), value=-math.inf).view(num_rows, num_groups, width)
-    groups = grouped.amax(2).topk(k, dim=1, sorted=False).indices
+    maxima = scores[:, :whole * width].view(num_rows, whole, width).amax(2)
+    if whole * width < num_columns:
+        maxima = torch.cat([maxima, scores[:, whole * width:].amax(1, keepdim=True)], dim=1)
+    groups = maxima.topk(k, dim=1, sorted=False).indices
     candidates = (groups[:, :, None] * width + torch.arange(width, device=scores.device)).view(num_rows, -1)
-    best = grouped.view(num_rows, -1).gather(1, candidates).topk(k, dim=1, sorted=False).indices
-    return candidates.gather(1, best).sort(1).values
+    beyond = candidates >= num_columns  # the short group's missing columns: never selected
+    values = scores.gather(1, candidates.clamp_max(num_columns - 1)).masked_fill_(beyond, -math.inf)
+    return candidates.gather(1, values.topk(k, dim=1, sorted=False).indices).sort(1).values
 
 
 def _to_vertex_major(x: Tensor) -> Tensor:
@@ -272,7 +275,7 @@ class FeatureAggregation(nn.Module):
         learned = weight @ x if index is None else rows_matmul(index, weight, x)
         if self.fusion:
             qem = rows_matmul(self.qem_index, self.qem_weight, x)
-            learned = self.mixing_weight * learned + (1 - self.mixing_weight) * qem
+            learned = torch.lerp(qem, learned, self.mixing_weight)  # w_a·learned + (1 - w_a)·qem in one pass
         return _from_vertex_major(learned, batch)
 
     @property

@@ -122,11 +122,10 @@ def meshwise_product(matrix: Tensor, x: Tensor, bias: Tensor | None = None, out:
     """
     out = x.new_empty(len(x), matrix.shape[0], x.shape[2]) if out is None else out
     for x_mesh, out_mesh in zip(x, out, strict=True):
-        if bias is None:
-            torch.mm(matrix, x_mesh, out=out_mesh)
-        else:
-            torch.addmm(bias, matrix, x_mesh, out=out_mesh)
-    return out
+        # addmm with beta=0 ignores out's old values (NaN included) and lets MKL write in place; torch.mm(out=)
+        # computes aside and copies (4× slower for a (V·L, V) matrix, 2 cores), a broadcast bias costs 1.7×
+        torch.addmm(out_mesh, matrix, x_mesh, beta=0, out=out_mesh)
+    return out if bias is None else out.add_(bias)
 
 
 class MeshwiseProduct(torch.autograd.Function):
