@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
 import torch
-from speed import coma_sized_sphere, median_seconds
+from speed import coma_sized_sphere, timed
 
 from morphzoo.methods import LAMM, CoMA, SpiralNetPlusPlus
 
@@ -59,7 +60,9 @@ def main() -> None:
                          if n.startswith(("decoder", "output", "from_latent", "detokeniser")))
             with torch.inference_mode():
                 latent = torch.randn(1, model.hparams.latent_dim)
-                seconds = median_seconds(lambda model=model, latent=latent: model.decode(latent), args.repeats)
+                model.decode(latent)  # warm-up
+                seconds = statistics.median(timed(lambda model=model, latent=latent: model.decode(latent))
+                                            for _ in range(args.repeats))
             paper = PAPER_CPU_SECONDS.get(size, {}).get(name)
             results[f"{size}/{name}"] = {"decoder_parameters": params, "decode_b1_ms": 1000 * seconds,
                                          "paper_cpu_ms": None if paper is None else 1000 * paper}
