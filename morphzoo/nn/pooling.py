@@ -26,7 +26,7 @@ class Upsample(nn.Module):
     ``x'[f] = sum_j up_weight[f, j] · x[up_index[f, j]]``. On a CPU it is the sparse product ``U x`` per mesh, with
     the gradient ``Uᵀ g``, both in CSR: 5-8× faster than a gather and a batched (1×3)·(3×C) product at 5k vertices
     (2 cores; inference at batch 1 and 64), and 7-17× in training, where the gather's own backward scatters.
-    Elsewhere (CUDA, half precision, export) it is that gather and product.
+    Elsewhere (CUDA, half precision or autocast, export) it is that gather and product.
     """
 
     def __init__(self, up_index: Tensor, up_weight: Tensor) -> None:

@@ -1,9 +1,14 @@
-"""The export form of morphzoo's layers, and sparse products in the form each needs.
+"""Sparse products in the form each path of morphzoo's layers needs: the CPU's, the export form's, the plain one.
 
-Inside :func:`export_form` (``morphzoo.deployment`` enters it around ``torch.onnx.export``) layers take the paths
-that trace to a static graph with a symbolic batch size: fixed-width gathers instead of ``torch.sparse`` kernels
-(:func:`padded_matmul`), one pass instead of memory-sized batch blocks, and no checks that branch on a buffer's value.
-Outside it they run their fast paths.
+- On a CPU, for float32 outside autocast (:func:`cpu_sparse_path`), layers run MKL's CSR products one mesh at a time
+  (:func:`meshwise_product`, :class:`MeshwiseProduct`): each mesh's (V, C) slice is contiguous in the (B, V, C)
+  layout, and the transposed products give the gradients without scatter-adds. Their patterns are built once per
+  module and device (:class:`DerivedCache`).
+- Inside :func:`export_form` (``morphzoo.deployment`` enters it around ``torch.onnx.export``) layers take the paths
+  that trace to a static graph with a symbolic batch size: fixed-width gathers instead of ``torch.sparse`` kernels
+  (:func:`padded_matmul`), one pass instead of memory-sized batch blocks, and no checks that branch on a buffer's
+  value.
+- Elsewhere (CUDA, half precision, CPU autocast) they run the plain formula: gathers and dense products.
 """
 
 from __future__ import annotations
