@@ -273,8 +273,8 @@ class _Autoencode(torch.nn.Module):
 def compile_row(model: torch.nn.Module, steps: int) -> dict:
     """``torch.compile`` of the training step, eager and compiled, for the model and its reference: the first
     (compiling) step's seconds and the steady meshes/s after it."""
-    vertices = model.mean + 0.003 * torch.randn(32, model.num_vertices, 3, generator=torch.Generator().manual_seed(0))
-    x = model.normalise(vertices.to(DEVICE))
+    noise = torch.randn(32, model.num_vertices, 3, generator=torch.Generator().manual_seed(0))
+    x = model.normalise(model.mean + 0.003 * noise.to(DEVICE))
     reference = reference_of(model)
     row = {}
     for form, module, compiled in (("eager", model, False), ("compiled", model, True),

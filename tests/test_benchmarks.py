@@ -19,8 +19,9 @@ def test_benchmark_script_imports_and_describes_itself(script, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(sys, "argv", [script, "--help"])
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps the description at the terminal's width
     output = io.StringIO()
     with contextlib.redirect_stdout(output), pytest.raises(SystemExit) as exit_:
         module.main()
     assert exit_.value.code == 0
-    assert " ".join(module.__doc__.splitlines()[0].split()) in " ".join(output.getvalue().split())  # argparse wraps
+    assert module.__doc__.splitlines()[0] in output.getvalue()

@@ -101,7 +101,7 @@ def top_k_columns(scores: Tensor, k: int) -> Tensor:
     The columns are cut into groups of ``g ≈ √(n_in / k)``; the ``k`` groups with the largest maxima hold every score
     above the k-th largest (fewer than ``k`` groups can have a larger maximum), and enough equal to it, so a top-k of
     their ``k·g`` candidates is a top-k of the row. Among tied scores it may pick other columns than ``topk`` would;
-    the selected values are the same.
+    the selected values are the same. Scores must be finite (cosines are).
 
     Shapes:
         scores: (n_out, n_in) -> (n_out, k).
@@ -109,7 +109,7 @@ def top_k_columns(scores: Tensor, k: int) -> Tensor:
     num_rows, num_columns = scores.shape
     width = max(1, round(math.sqrt(num_columns / k)))
     whole = num_columns // width  # groups of `width`; a last, shorter group holds the rest
-    if width == 1 or -(-num_columns // width) <= k:
+    if width == 1:  # with width >= 2 there are always more than k groups
         return scores.topk(k, dim=1, sorted=False).indices.sort(1).values
     maxima = scores[:, :whole * width].view(num_rows, whole, width).amax(2)
     if whole * width < num_columns:
@@ -275,7 +275,7 @@ class FeatureAggregation(nn.Module):
         learned = weight @ x if index is None else rows_matmul(index, weight, x)
         if self.fusion:
             qem = rows_matmul(self.qem_index, self.qem_weight, x)
-            learned = torch.lerp(qem, learned, self.mixing_weight)  # w_a·learned + (1 - w_a)·qem in one pass
+            learned = self.mixing_weight * learned + (1 - self.mixing_weight) * qem
         return _from_vertex_major(learned, batch)
 
     @property

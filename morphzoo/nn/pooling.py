@@ -26,7 +26,7 @@ class Upsample(nn.Module):
     ``x'[f] = sum_j up_weight[f, j] · x[up_index[f, j]]``. On a CPU it is the sparse product ``U x`` per mesh, with
     the gradient ``Uᵀ g``, both in CSR: 5-8× faster than a gather and a batched (1×3)·(3×C) product at 5k vertices
     (2 cores; inference at batch 1 and 64), and 7-17× in training, where the gather's own backward scatters.
-    Elsewhere (CUDA, half precision or autocast, export) it is that gather and product.
+    Elsewhere (CUDA, dtypes other than float32, autocast, export) it is that gather and product.
     """
 
     def __init__(self, up_index: Tensor, up_weight: Tensor) -> None:
@@ -38,14 +38,18 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (B, V_coarse, C) -> (B, V_fine, C)."""
         if cpu_sparse_path(x):
-            key = (self.up_index.device, self.up_index._version, self.up_weight._version, x.shape[1])
-            matrix, transposed = self._sparse.get(key, lambda: self.matrices(x.shape[1]))
+            matrix, transposed = self._sparse.get((self.up_index, self.up_weight), lambda: self.matrices(x.shape[1]),
+                                                  extra=(x.shape[1],))
             return MeshwiseProduct.apply(x, matrix, transposed)
         gathered = x[:, self.up_index]  # (B, V_fine, 3, C)
         return (self.up_weight[:, None, :].to(x.dtype) @ gathered).squeeze(2)
 
     def matrices(self, num_coarse: int) -> tuple[Tensor, Tensor]:
         """``U`` (V_fine, V_coarse) and ``Uᵀ``, in CSR."""
+        needed = int(self.up_index.max()) + 1
+        if num_coarse < needed:
+            raise ValueError(f"Upsample: its input has {num_coarse} vertices, but it interpolates from a level of at "
+                             f"least {needed}: pass the features of the coarse level this layer was built for")
         fine = torch.arange(len(self.up_index), device=self.up_index.device).repeat_interleave(self.up_index.shape[1])
         coarse, weight = self.up_index.reshape(-1), self.up_weight.reshape(-1)
         size = (len(self.up_index), num_coarse)

@@ -2,13 +2,13 @@
 
 - On a CPU, for float32 outside autocast (:func:`cpu_sparse_path`), layers run MKL's CSR products one mesh at a time
   (:func:`meshwise_product`, :class:`MeshwiseProduct`): each mesh's (V, C) slice is contiguous in the (B, V, C)
-  layout, and the transposed products give the gradients without scatter-adds. Their patterns are built once per
-  module and device (:class:`DerivedCache`).
+  layout, and the transposed products give the gradients without scatter-adds. Their patterns are built on first
+  use and kept while their sources are unchanged (:class:`DerivedCache`).
 - Inside :func:`export_form` (``morphzoo.deployment`` enters it around ``torch.onnx.export``) layers take the paths
   that trace to a static graph with a symbolic batch size: fixed-width gathers instead of ``torch.sparse`` kernels
   (:func:`padded_matmul`), one pass instead of memory-sized batch blocks, and no checks that branch on a buffer's
   value.
-- Elsewhere (CUDA, half precision, CPU autocast) they run the plain formula: gathers and dense products.
+- Elsewhere (CUDA, dtypes other than float32, CPU autocast) they run the plain formula: gathers and dense products.
 """
 
 from __future__ import annotations
@@ -84,32 +84,40 @@ def csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]
 def csr_from_entries(rows: Tensor, columns: Tensor, shape: tuple[int, int], values: Tensor | None = None) -> Tensor:
     """The CSR matrix with ``values`` (default 1) at ``(rows, columns)``, repeated entries summed; on their device."""
     values = torch.ones(len(rows), device=rows.device) if values is None else values
-    with quiet_sparse_csr():
-        csr = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape).coalesce().to_sparse_csr()
+    with quiet_sparse_csr():  # checked once here: the products that use it trust its indices
+        csr = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape, check_invariants=True)
+        csr = csr.coalesce().to_sparse_csr()
     # int32 indices: MKL's kernels take them as they are (int64 ones are converted on every product)
     return csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), shape)
 
 
 def cpu_sparse_path(x: Tensor) -> bool:
     """Whether a layer takes its CPU path of sparse products (MKL's): a float32 ``x`` on a CPU, outside autocast and
-    the export form. Elsewhere layers take their gather paths: on CUDA, in half precision (the CPU's sparse kernels
-    have none; under CPU autocast these paths run in bfloat16) and in the export form."""
+    the export form. Elsewhere layers take their plain paths: on CUDA, in any other dtype (the CPU's sparse kernels
+    have no half precision; under CPU autocast the plain paths run in bfloat16) and in the export form."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not exporting()
             and not torch.is_autocast_enabled("cpu"))
 
 
 class DerivedCache:
-    """Tensors a module derives from its buffers or parameters (sparse patterns, a rearranged weight), built on first
-    use for each key (a device, the sources' versions). Copies and pickles of the module start empty: the tensors are
-    derived data, and sparse CSR tensors can be neither deep-copied nor pickled."""
+    """A tensor (or tuple of them) a module derives from some of its tensors (sparse patterns, a rearranged weight),
+    built on first use and rebuilt when a source is replaced, moved or changed in place: sources are compared by
+    identity, storage address and version counter (tensors made in inference mode have none; their identity and
+    address count). Writes through ``.data`` keep all three, so they are not seen. Copies and pickles of the module
+    start empty: the value is derived data, and sparse CSR tensors can be neither deep-copied nor pickled."""
 
     def __init__(self) -> None:
-        self._entries: dict = {}
+        self._sources: tuple[Tensor, ...] = ()
+        self._key: tuple | None = None
+        self._value = None
 
-    def get(self, key, build: Callable[[], object]):
-        if key not in self._entries:
-            self._entries = {key: build()}  # one entry: a module lives on one device at a time
-        return self._entries[key]
+    def get(self, sources: tuple[Tensor, ...], build: Callable[[], object], extra: tuple = ()):
+        key = (*((t.data_ptr(), None if t.is_inference() else t._version) for t in sources), extra)
+        same = len(sources) == len(self._sources) and all(a is b for a, b in zip(sources, self._sources, strict=True))
+        if not same or key != self._key:
+            # the sources are held, so that their addresses cannot be reused by other tensors while cached
+            self._value, self._sources, self._key = build(), sources, key
+        return self._value
 
     def __deepcopy__(self, memo: dict) -> DerivedCache:
         return DerivedCache()

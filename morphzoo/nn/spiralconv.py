@@ -7,11 +7,11 @@ from torch import Tensor, nn
 
 from morphzoo.nn.sparse import DerivedCache, cpu_sparse_path, csr_from_entries, meshwise_product
 
-# On a CPU, the L·C values a vertex that a spiral gathers (or sums) are streamed a block of meshes at a time, so that
-# each block stays in cache: at most 2 MiB, i.e. one mesh at a time on a 5k-vertex level. Measured on 2 cores (5k-vertex
-# sphere, training at batch 32 and decoding at batch 64): 1.05-1.3× faster than 16 MiB blocks and 1.5-2.7× faster than
-# one pass.
-CPU_GATHER_BLOCK_BYTES = 2 * 2**20
+# On a CPU, the spiral features of a block of meshes (the gathered L·C_in values a vertex, or the L·C_out products
+# summed) are streamed one block at a time so that a block stays in cache: blocks of at most 2 MiB, or one mesh where a
+# mesh is larger (a 5k-vertex level). Measured on 2 cores (5k-vertex sphere, training at batch 32 and decoding at batch
+# 64): 1.05-1.3× faster than 16 MiB blocks and 1.5-2.7× faster than one pass.
+CPU_BLOCK_BYTES = 2 * 2**20
 
 
 class SpiralConv(nn.Module):
@@ -28,9 +28,10 @@ class SpiralConv(nn.Module):
     each spiral as a sparse product; with :math:`C_{out} > C_{in}`, gather the inputs and multiply, as written. The
     backward is written by hand: the transposed gathers are sparse products too (autograd's ``index_select``
     backward scatter-adds, 8× slower on a CPU), and the gathered features are recomputed block by block instead of
-    being kept for the whole batch. Elsewhere (CUDA, half precision or autocast, the export form) the
-    layer is the formula as written (``index_select`` + one ``Linear``), whose backward scatter-adds (with atomics on
-    a GPU).
+    being kept for the whole batch. That backward is once differentiable: double backward and ``torch.func``
+    transforms need the plain path. Elsewhere (CUDA, dtypes other than float32, autocast, the export form) the layer
+    is the formula as written (``index_select`` + one ``Linear``), whose backward scatter-adds (with atomics on a
+    GPU).
 
     Args:
         in_channels: input features per vertex.
@@ -51,6 +52,13 @@ class SpiralConv(nn.Module):
     ) -> None:
         super().__init__()
         spirals = torch.as_tensor(spirals, dtype=torch.long)
+        limit = len(spirals) + pad_with_dummy  # the dummy vertex's index V is valid only with its padding
+        if spirals.dim() != 2 or len(spirals) == 0 or spirals.min() < 0 or spirals.max() >= limit:
+            raise ValueError(f"SpiralConv: spirals must be a (V, L) table of vertex indices in [0, {limit}) "
+                             f"(V = {len(spirals)}{', plus the dummy index V' if pad_with_dummy else ''}); got shape "
+                             f"{tuple(spirals.shape)}" + (f" with indices in [{int(spirals.min())}, "
+                                                          f"{int(spirals.max())}]" if spirals.numel() else "") +
+                             ". Build them with morphzoo.mesh.spirals for this level's template.")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.pad_with_dummy = pad_with_dummy
         self.register_buffer("spirals", spirals)
@@ -61,16 +69,17 @@ class SpiralConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (B, V, C_in) -> (B, V, C_out)."""
+        if x.dim() != 3 or x.shape[1:] != (len(self.spirals), self.in_channels):
+            raise ValueError(f"SpiralConv: expected x of shape (batch, {len(self.spirals)}, {self.in_channels}) for "
+                             f"this level's spirals and channels, got {tuple(x.shape)}")
         if cpu_sparse_path(x):
-            patterns = self._sparse.get((self.spirals.device, self.spirals._version), self.patterns)
+            patterns = self._sparse.get((self.spirals,), self.patterns)
             weight, bias = self.linear.weight, self.linear.bias
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
                 return _SpiralProduct.apply(x, weight, bias, patterns)
             stacked = None
             if patterns.multiply_first:  # inference: the rearranged weight is kept while the weight is unchanged
-                # (optimiser steps and load_state_dict bump the version; writes through .data would not be seen)
-                key = (weight.device, weight.data_ptr(), weight._version)
-                stacked = self._stacked_weight.get(key, lambda: _stacked(weight, patterns.length))
+                stacked = self._stacked_weight.get((weight,), lambda: _stacked(weight, patterns.length))
             return spiral_product(x, weight, bias, patterns, stacked)
         batch, num_vertices, _ = x.shape
         if self.pad_with_dummy:
@@ -166,8 +175,8 @@ class _SpiralProduct(torch.autograd.Function):
         grad_x = torch.empty_like(x) if need_x else None
         grad_bias = grad.sum((0, 1)) if need_bias else None
         if patterns.multiply_first:
-            stacked = _stacked(weight, length)
-            grad_stacked = torch.zeros_like(stacked) if need_weight else None
+            stacked = _stacked(weight, length) if need_x else None
+            grad_stacked = weight.new_zeros(in_channels, length * out_channels) if need_weight else None
             block = _block(num_vertices * length * out_channels * x.element_size())
             for start in range(0, batch, block):
                 part = slice(start, start + block)
@@ -180,7 +189,7 @@ class _SpiralProduct(torch.autograd.Function):
                     grad_stacked.addmm_(x[part].reshape(-1, in_channels).t(), grad_products)
             grad_weight = None if grad_stacked is None else _unstacked(grad_stacked, length)
             return grad_x, grad_weight, grad_bias, None
-        padded = _padded(x, patterns)
+        padded = _padded(x, patterns) if need_weight else None
         grad_weight = torch.zeros_like(weight) if need_weight else None
         block = _block(num_vertices * length * in_channels * x.element_size())
         for start in range(0, batch, block):
@@ -201,7 +210,7 @@ def _padded(x: Tensor, patterns: SpiralPatterns) -> Tensor:
 
 
 def _block(bytes_per_mesh: int) -> int:
-    return max(1, CPU_GATHER_BLOCK_BYTES // bytes_per_mesh)
+    return max(1, CPU_BLOCK_BYTES // bytes_per_mesh)
 
 
 def _stacked(weight: Tensor, length: int) -> Tensor:

@@ -46,69 +46,117 @@ def test_chebconv_equals_pytorch_geometric():
     assert count_parameters(ours) == count_parameters(reference)
 
 
+def spiral_formula(conv: SpiralConv, x: torch.Tensor) -> torch.Tensor:
+    """x'_i = W ‖_{j∈S(i)} x_j + b, written per vertex (the dummy vertex, where used, is zero)."""
+    padded = torch.cat([x, x.new_zeros(len(x), 1, x.shape[2])], 1) if conv.pad_with_dummy else x
+    gathered = torch.stack([torch.cat([padded[:, j] for j in spiral], -1) for spiral in conv.spirals], 1)
+    return conv.linear(gathered)
+
+
 @pytest.mark.parametrize("pad_with_dummy", [False, True])
 @pytest.mark.parametrize("in_channels, out_channels, bias", [(4, 6, True), (6, 4, True), (5, 5, False)])
 def test_spiralconv_is_the_spiral_formula_in_every_form(pad_with_dummy, in_channels, out_channels, bias, monkeypatch):
-    """x'_i = W ‖_{j∈S(i)} x_j + b, written per vertex; on the CPU's sparse path (gather first for C_out > C_in,
-    multiply first otherwise) in cache-sized blocks (forced small here), in one pass and without autograd, on the plain
-    path (float64, as on CUDA) and in the export form, with the same gradients for x, W and b."""
+    """The per-vertex formula, on the CPU's sparse path (gather first for C_out > C_in, multiply first otherwise) in
+    cache-sized blocks (forced to one mesh here), in one pass and without autograd, on the plain path (float64, as on
+    CUDA) and in the export form, with the same gradients for x, W and b."""
     from morphzoo.nn import spiralconv
     from morphzoo.nn.sparse import export_form
 
     generator = torch.Generator().manual_seed(0)
     vertices, length, batch = 30, 5, 7
     spirals = torch.randint(0, vertices + pad_with_dummy, (vertices, length), generator=generator)
-    conv = spiralconv.SpiralConv(in_channels, out_channels, spirals, pad_with_dummy=pad_with_dummy, bias=bias)
+    conv = SpiralConv(in_channels, out_channels, spirals, pad_with_dummy=pad_with_dummy, bias=bias)
     assert conv.patterns().multiply_first == (out_channels <= in_channels)
     # a transposed view: the layer must not rely on its input's layout
     x = torch.randn(vertices, batch, in_channels, generator=generator).transpose(0, 1).requires_grad_(True)
     parameters = [x, *conv.parameters()]
-    padded = torch.cat([x, x.new_zeros(batch, 1, in_channels)], 1) if pad_with_dummy else x
-    expected = torch.stack([torch.cat([padded[:, j] for j in spirals[i]], -1) for i in range(vertices)], 1)
-    expected = expected @ conv.linear.weight.T + (conv.linear.bias if bias else 0)
+    expected = spiral_formula(conv, x)
     expected_grads = torch.autograd.grad(expected.square().sum(), parameters)
-    monkeypatch.setattr(spiralconv, "CPU_GATHER_BLOCK_BYTES", 1)  # one mesh per block
-    forms = {"blocks": conv(x)}
-    monkeypatch.setattr(spiralconv, "CPU_GATHER_BLOCK_BYTES", 2**30)
-    forms["one pass"] = conv(x)
-    with export_form():
-        forms["export"] = conv(x)
-    forms = {form: (output, parameters) for form, output in forms.items()}
+
+    def check(form: str, output: torch.Tensor, inputs: list[torch.Tensor] | None = None) -> None:
+        torch.testing.assert_close(output.float(), expected, atol=1e-5, rtol=1e-5, msg=form)
+        if inputs is not None:  # the backward runs here, under the same block size as the forward
+            grads = torch.autograd.grad(output.square().sum(), inputs)
+            for name, grad, expected_grad in zip(("x", "W", "b"), grads, expected_grads, strict=False):
+                torch.testing.assert_close(grad.float(), expected_grad, atol=1e-4, rtol=1e-5, msg=f"{form}: d{name}")
+
+    monkeypatch.setattr(spiralconv, "CPU_BLOCK_BYTES", 1)  # one mesh per block
+    check("blocks", conv(x), parameters)
+    monkeypatch.setattr(spiralconv, "CPU_BLOCK_BYTES", 2**30)
+    check("one pass", conv(x), parameters)
     with torch.no_grad():
-        forms["one pass, no autograd"] = (conv(x), None)
+        check("one pass, no autograd", conv(x))
+    with export_form():
+        check("export", conv(x), parameters)
     double = copy.deepcopy(conv).double()
     x_double = x.detach().double().requires_grad_(True)
-    forms["gather path"] = (double(x_double), [x_double, *double.parameters()])
-    for form, (output, inputs) in forms.items():
-        torch.testing.assert_close(output.float(), expected, atol=1e-5, rtol=1e-5, msg=form)
-        if inputs is None:
-            continue
-        grads = torch.autograd.grad(output.square().sum(), inputs)
-        for name, grad, expected_grad in zip(("x", "W", "b"), grads, expected_grads, strict=False):
-            torch.testing.assert_close(grad.float(), expected_grad, atol=1e-4, rtol=1e-5, msg=f"{form}: d{name}")
+    check("plain path", double(x_double), [x_double, *double.parameters()])
+
+
+@pytest.mark.parametrize("in_channels, out_channels", [(4, 6), (6, 4)])
+def test_spiralconv_gradients_when_only_some_inputs_need_them(in_channels, out_channels):
+    """A first layer (its input needs no gradient) and a frozen layer (fitting a code through a fixed decoder)."""
+    generator = torch.Generator().manual_seed(0)
+    conv = SpiralConv(in_channels, out_channels, torch.randint(0, 30, (30, 5), generator=generator))
+    data = torch.randn(3, 30, in_channels, generator=generator)
+    (weight_grad,) = torch.autograd.grad(conv(data).square().sum(), conv.linear.weight)
+    (expected,) = torch.autograd.grad(spiral_formula(conv, data).square().sum(), conv.linear.weight)
+    torch.testing.assert_close(weight_grad, expected, atol=1e-4, rtol=1e-5)
+    conv.requires_grad_(False)
+    x = data.clone().requires_grad_(True)
+    (x_grad,) = torch.autograd.grad(conv(x).square().sum(), x)
+    (expected,) = torch.autograd.grad(spiral_formula(conv, x).square().sum(), x)
+    torch.testing.assert_close(x_grad, expected, atol=1e-4, rtol=1e-5)
 
 
 def test_spiralconv_inference_follows_weight_updates():
-    """Inference keeps a rearranged weight between calls: an optimiser step and a load_state_dict must reach it."""
+    """Inference keeps a rearranged weight between calls: optimiser steps, load_state_dict, a move to another dtype
+    and back, and a reparametrised weight (a new tensor at every access) must all reach it; so must a layer built in
+    inference mode (its tensors have no version counter)."""
     generator = torch.Generator().manual_seed(0)
     conv = SpiralConv(6, 4, torch.randint(0, 30, (30, 5), generator=generator))  # multiply first: C_out <= C_in
     x = torch.randn(3, 30, 6, generator=generator)
 
-    def plain() -> torch.Tensor:
-        return conv.linear(x[:, conv.spirals.reshape(-1)].reshape(3, 30, -1))
+    def check() -> None:
+        with torch.inference_mode():
+            torch.testing.assert_close(conv(x), spiral_formula(conv, x), atol=1e-5, rtol=1e-5)
 
-    with torch.inference_mode():
-        torch.testing.assert_close(conv(x), plain(), atol=1e-5, rtol=1e-5)
+    check()
     optimiser = torch.optim.SGD(conv.parameters(), lr=0.1)
     conv(x).square().sum().backward()
     optimiser.step()
+    check()
+    conv.load_state_dict({name: torch.randn_like(value) if name == "linear.weight" else value
+                          for name, value in conv.state_dict().items()})
+    check()
+    conv.double()
+    with torch.no_grad():
+        conv.linear.weight.mul_(-1)
+    conv.float()
+    check()
+    torch.nn.utils.parametrizations.weight_norm(conv.linear)
+    check()
+    with torch.no_grad():
+        conv.linear.parametrizations.weight.original1.mul_(-1.5)
+    check()
     with torch.inference_mode():
-        torch.testing.assert_close(conv(x), plain(), atol=1e-5, rtol=1e-5)
-    state = {name: torch.randn_like(value) if name == "linear.weight" else value
-             for name, value in conv.state_dict().items()}
-    conv.load_state_dict(state)
-    with torch.inference_mode():
-        torch.testing.assert_close(conv(x), plain(), atol=1e-5, rtol=1e-5)
+        built_in_inference = SpiralConv(6, 4, conv.spirals)
+        torch.testing.assert_close(built_in_inference(x), spiral_formula(built_in_inference, x), atol=1e-5, rtol=1e-5)
+
+
+def test_spiral_and_sampling_layers_refuse_inputs_they_were_not_built_for():
+    spirals = torch.randint(0, 10, (10, 4), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"indices in \[0, 10\)"):
+        SpiralConv(3, 4, torch.cat([spirals[:-1], torch.full((1, 4), 10)]))  # the dummy index without its padding
+    with pytest.raises(ValueError, match="indices in"):
+        SpiralConv(3, 4, spirals - 1)
+    conv = SpiralConv(3, 4, spirals)
+    for bad in (torch.randn(2, 12, 3), torch.randn(2, 10, 5)):
+        with pytest.raises(ValueError, match=r"expected x of shape \(batch, 10, 3\)"):
+            conv(bad)
+    up = Upsample(torch.tensor([[0, 1, 5]] * 8), torch.full((8, 3), 1 / 3))
+    with pytest.raises(ValueError, match="at least 6"):
+        up(torch.randn(2, 4, 3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # CPU sparse path / gather path (as on CUDA)
