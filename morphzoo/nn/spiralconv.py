@@ -82,8 +82,7 @@ class SpiralConv(nn.Module):
                 stacked = self._stacked_weight.get((weight,), lambda: _stacked(weight, patterns.length))
             return spiral_product(x, weight, bias, patterns, stacked)
         batch, num_vertices, _ = x.shape
-        if self.pad_with_dummy:
-            x = torch.cat([x, x.new_zeros(batch, 1, x.shape[2])], dim=1)
+        x = _padded(x, self.pad_with_dummy)
         # index_select, not x[:, index]: 1.25× faster forward + backward (advanced indexing has a slower kernel)
         return self.linear(x.index_select(1, self.spirals.reshape(-1)).reshape(batch, num_vertices, -1))
 
@@ -142,7 +141,7 @@ def spiral_product(
             products = (x_block.reshape(-1, in_channels) @ stacked).view(len(x_block), -1, out_channels)
             meshwise_product(patterns.spiral_sum, products, bias, out=out_block)
         return out
-    x = _padded(x, patterns)
+    x = _padded(x, patterns.pad_with_dummy)
     block = _block(num_vertices * length * in_channels * x.element_size())
     for x_block, out_block in zip(x.split(block), out.split(block), strict=True):
         gathered = x_block.index_select(1, patterns.index).view(-1, length * in_channels)
@@ -189,7 +188,7 @@ class _SpiralProduct(torch.autograd.Function):
                     grad_stacked.addmm_(x[part].reshape(-1, in_channels).t(), grad_products)
             grad_weight = None if grad_stacked is None else _unstacked(grad_stacked, length)
             return grad_x, grad_weight, grad_bias, None
-        padded = _padded(x, patterns) if need_weight else None
+        padded = _padded(x, patterns.pad_with_dummy) if need_weight else None
         grad_weight = torch.zeros_like(weight) if need_weight else None
         block = _block(num_vertices * length * in_channels * x.element_size())
         for start in range(0, batch, block):
@@ -204,9 +203,9 @@ class _SpiralProduct(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
-def _padded(x: Tensor, patterns: SpiralPatterns) -> Tensor:
+def _padded(x: Tensor, pad_with_dummy: bool) -> Tensor:
     """``x`` with the zero dummy vertex appended, where the spirals use it."""
-    return torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], dim=1) if patterns.pad_with_dummy else x
+    return torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], dim=1) if pad_with_dummy else x
 
 
 def _block(bytes_per_mesh: int) -> int:
