@@ -195,8 +195,13 @@ MODELS = {
 }
 
 
+LEARNING_RATE = 1e-3
+"""The recipes' Adam learning rate: a Deep3DMM step's cost depends on how many rows of its top-k masks change per step
+(``FeatureAggregation.select_top_k``), which grows with the step size."""
+
+
 def training_step(model: torch.nn.Module, vertices: torch.Tensor):
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     model.train()
 
     def step():
@@ -281,7 +286,7 @@ def compile_row(model: torch.nn.Module, steps: int) -> dict:
                                    ("reference eager", reference, False), ("reference compiled", reference, True)):
         torch._dynamo.reset()  # each form compiles afresh (and stays under dynamo's recompile limit)
         runner = torch.compile(_Autoencode(module)) if compiled else _Autoencode(module)
-        optimiser = torch.optim.Adam(module.parameters(), lr=1e-4)
+        optimiser = torch.optim.Adam(module.parameters(), lr=LEARNING_RATE)
 
         def step(runner=runner, optimiser=optimiser):
             optimiser.zero_grad()

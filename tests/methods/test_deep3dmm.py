@@ -19,7 +19,14 @@ from morphzoo.mesh.sampling import mesh_hierarchy
 from morphzoo.methods import CoMA, Deep3DMMSpectral, Deep3DMMSpiral, Neural3DMM
 from morphzoo.methods.deep3dmm import SETTINGS
 from morphzoo.nn import Downsample, FeatureAggregation, SparseMapping, Upsample
-from morphzoo.nn.feature_aggregation import rows_matmul, top_k_columns, vertex_embeddings
+from morphzoo.nn.feature_aggregation import (
+    blended_rows,
+    sampled_product,
+    sparse_matmul,
+    top_k_columns,
+    vertex_embeddings,
+)
+from morphzoo.nn.sparse import cpu_sparse_path
 from morphzoo.recipes import MorphzooCLI
 from tests.synthetic import SphereDataModule, sphere_collection, sphere_template
 
@@ -51,25 +58,110 @@ def fine_level(template, **options) -> FeatureAggregation:
 
 
 # ---------------------------------------------------------------------------------------------- feature aggregation
-def test_rows_matmul_is_the_sparse_product_and_its_gradient():
+def random_pattern(num_rows: int, num_columns: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR ``(crow, col)`` with 0 to ``num_columns`` sorted, distinct columns per row (the first row empty)."""
+    present = torch.rand(num_rows, num_columns, generator=generator) < 0.4
+    present[0] = False
+    present[1] = True
+    crow = torch.nn.functional.pad(present.sum(1).cumsum(0), (1, 0))
+    return crow, present.nonzero()[:, 1]
+
+
+def test_sparse_matmul_is_the_sparse_product_and_its_gradient():
+    """Per mesh: float64 takes the (V, B·C) layout (gradcheck), float32 the CPU path of one product per mesh (the
+    same gradients)."""
     generator = torch.Generator().manual_seed(0)
-    index = torch.rand(7, 10, generator=generator).topk(3, dim=1).indices.sort(1).values
-    weight = torch.randn(7, 3, dtype=torch.float64, generator=generator, requires_grad=True)
-    x = torch.randn(10, 4, dtype=torch.float64, generator=generator, requires_grad=True)
-    dense = torch.zeros(7, 10, dtype=torch.float64).scatter(1, index, weight.detach())
-    torch.testing.assert_close(rows_matmul(index, weight, x), dense @ x)
-    assert torch.autograd.gradcheck(lambda w, v: rows_matmul(index, w, v), (weight, x))
+    crow, col = random_pattern(7, 10, generator)
+    values = torch.randn(len(col), dtype=torch.float64, generator=generator, requires_grad=True)
+    x = torch.randn(3, 10, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    rows = torch.repeat_interleave(torch.arange(7), crow.diff())
+    dense = torch.zeros(7, 10, dtype=torch.float64).index_put((rows, col), values.detach())
+    torch.testing.assert_close(sparse_matmul(crow, col, values, x), dense @ x)
+    assert torch.autograd.gradcheck(lambda w, v: sparse_matmul(crow, col, w, v), (values, x))
+    grad = torch.randn(3, 7, 4, dtype=torch.float64, generator=generator)
+    expected = torch.autograd.grad(sparse_matmul(crow, col, values, x), (values, x), grad)
+    values32, x32 = values.detach().float().requires_grad_(), x.detach().float().requires_grad_()
+    assert cpu_sparse_path(x32)
+    output = sparse_matmul(crow, col, values32, x32)
+    torch.testing.assert_close(output, (dense @ x).float())
+    for got, want in zip(torch.autograd.grad(output, (values32, x32), grad.float()), expected, strict=True):
+        torch.testing.assert_close(got, want.float())
+
+
+def test_sampled_product_is_the_dense_product_on_the_pattern_and_its_gradient():
+    generator = torch.Generator().manual_seed(0)
+    crow, col = random_pattern(7, 10, generator)
+    a = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    b = torch.randn(10, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    rows = torch.repeat_interleave(torch.arange(7), crow.diff())
+    torch.testing.assert_close(sampled_product(crow, col, a, b), (a @ b.T)[rows, col])
+    assert torch.autograd.gradcheck(lambda u, v: sampled_product(crow, col, u, v), (a, b))
+
+
+def test_blended_rows_are_eq_7_on_the_union_of_the_patterns():
+    """QEM entries inside the learned row (added to its entry), outside it (their own entry) and with weight 0."""
+    generator = torch.Generator().manual_seed(0)
+    num_rows, num_columns = 30, 12
+    index = torch.rand(num_rows, num_columns, generator=generator).topk(4, dim=1).indices.sort(1).values
+    qem_index = torch.rand(num_rows, num_columns, generator=generator).topk(3, dim=1).indices.sort(1).values
+    qem_index[0] = index[0, :3]  # all shared
+    qem_weight = torch.rand(num_rows, 3, dtype=torch.float64, generator=generator)
+    qem_weight[1, 0] = 0.0
+    weight = torch.rand(num_rows, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    mixing = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+
+    def dense(index, weight):
+        return torch.zeros(num_rows, num_columns, dtype=torch.float64).scatter_add(1, index, weight)
+
+    def blended(weight, mixing):
+        crow, col, values = blended_rows(index, weight, qem_index, qem_weight, mixing, num_columns)
+        rows = torch.repeat_interleave(torch.arange(num_rows), crow.diff())
+        assert ((col.diff() > 0) | (rows.diff() > 0)).all()  # sorted, distinct columns in each row
+        return torch.zeros(num_rows, num_columns, dtype=torch.float64).index_put((rows, col), values)
+
+    expected = mixing * dense(index, weight) + (1 - mixing) * dense(qem_index, qem_weight)
+    torch.testing.assert_close(blended(weight, mixing), expected)
+    assert torch.autograd.gradcheck(blended, (weight, mixing))
 
 
 @pytest.mark.parametrize("num_rows, num_columns, k", [(40, 1256, 32), (30, 5023, 2), (20, 97, 3), (10, 97, 24)])
 def test_top_k_columns_select_what_topk_selects(num_rows, num_columns, k):
     """The two-stage selection (groups, then candidates) against one topk: random scores, column counts that leave
-    the last group short, k near the group count, and a row whose best scores share one group."""
+    a last group of leftover columns, k near the group count, and rows whose best scores share groups."""
     generator = torch.Generator().manual_seed(0)
     scores = torch.randn(num_rows, num_columns, generator=generator)
-    scores[0, :k] += 10  # one row's top-k packed into the first columns
+    scores[0, :k] += 10  # rows whose top-k are packed: into the first columns, into the last ones, evenly spread
+    scores[1, -k:] += 10
+    scores[2, torch.linspace(0, num_columns - 1, k).long()] += 10
     expected = scores.topk(k, dim=1).indices.sort(1).values
     torch.testing.assert_close(top_k_columns(scores, k), expected, rtol=0, atol=0)
+
+
+def test_seeded_top_k_selection_is_a_fresh_one_after_the_queries_and_keys_move(template):
+    """select_top_k starts from the last selection: after small and large moves of some queries and keys, and after a
+    state dict from another model, it still selects each row's top-k, and training works after an inference-mode
+    call (whose selection is not kept)."""
+    fa = fine_level(template, top_k=8)
+    other = fine_level(template, top_k=8)
+
+    def fresh() -> torch.Tensor:
+        queries, keys = F.normalize(fa.queries.detach(), dim=1), F.normalize(fa.keys.detach(), dim=1)
+        return top_k_columns(queries @ keys.T, 8)
+
+    first = fa.learned_matrix()[0]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        fa.queries[:5] += 0.3 * torch.randn(5, fa.queries.shape[1], generator=generator)  # rows that change
+        fa.keys.add_(1e-4 * torch.randn(fa.keys.shape, generator=generator))  # a step's worth for the others
+    second = fa.learned_matrix()[0]
+    torch.testing.assert_close(second, fresh(), rtol=0, atol=0)
+    assert (second[:5] != first[:5]).any() and (second[5:] == first[5:]).float().mean() > 0.9
+    fa.load_state_dict(other.state_dict())
+    torch.testing.assert_close(fa.learned_matrix()[0], fresh(), rtol=0, atol=0)
+    with torch.inference_mode():
+        fa(torch.randn(2, fa.num_inputs, 3))
+    fa(torch.randn(2, fa.num_inputs, 3)).sum().backward()
+    assert fa.queries.grad.abs().sum() > 0 and fa.keys.grad.abs().sum() > 0
 
 
 def test_top_k_rows_have_k_non_zeros_and_sum_to_one(template):
