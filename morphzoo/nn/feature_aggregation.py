@@ -104,15 +104,17 @@ def _outside_autocast(backward):
 
 
 def _fixed_width_crow(num_rows: int, width: int, device: torch.device) -> Tensor:
-    """CSR row pointers of a matrix with ``width`` non-zeros in each of ``num_rows`` rows."""
-    return torch.arange(0, num_rows * width + 1, width, device=device)
+    """CSR row pointers (int32) of a matrix with ``width`` non-zeros in each of ``num_rows`` rows."""
+    return torch.arange(0, num_rows * width + 1, width, dtype=torch.int32, device=device)
 
 
 def _transposed(crow: Tensor, col: Tensor, values: Tensor, num_columns: int) -> Tensor:
     """``Mᵀ`` of the CSR matrix ``(crow, col, values)`` as CSR: its entries by column, stably (so the columns of each
     transposed row stay sorted)."""
-    order = torch.argsort(col.int(), stable=True)  # int32 keys: half the sort's time
-    rows = torch.repeat_interleave(torch.arange(len(crow) - 1, device=col.device), crow.diff(), output_size=len(col))
+    col = col.int()  # int32 keys: half the sort's time
+    order = torch.argsort(col, stable=True)
+    rows = torch.repeat_interleave(torch.arange(len(crow) - 1, dtype=torch.int32, device=col.device), crow.diff(),
+                                   output_size=len(col))
     transposed_crow = F.pad(torch.bincount(col, minlength=num_columns).cumsum(0), (1, 0))
     return csr_tensor(transposed_crow, rows[order], values[order], (num_columns, len(crow) - 1))
 
@@ -199,8 +201,8 @@ def sampled_product(crow: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 def blended_rows(index: Tensor, weight: Tensor, qem_index: Tensor, qem_weight: Tensor,
                  mixing_weight: Tensor | float, num_inputs: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``M = w_a M_a + (1 − w_a) M_QEM`` (Eq. 7) on the union of both patterns, as CSR ``(crow, col, values)``: one
-    sparse product instead of two and a blend of their (V, batch·channels) outputs. Differentiable in ``weight`` and
+    """``M = w_a M_a + (1 − w_a) M_QEM`` (Eq. 7) on the union of both patterns, as CSR ``(crow, col, values)`` with
+    int32 indices: one sparse product instead of two and a blend of their outputs. Differentiable in ``weight`` and
     ``mixing_weight``.
 
     Both matrices come as fixed-width rows with sorted, distinct columns: ``index``, ``weight`` (n_out, k) and
@@ -216,7 +218,7 @@ def blended_rows(index: Tensor, weight: Tensor, qem_index: Tensor, qem_weight: T
     values = torch.cat([learned, own], 1).gather(1, order)
     kept = columns < num_inputs
     crow = F.pad(kept.sum(1).cumsum(0), (1, 0))
-    return crow, columns[kept], values[kept]
+    return crow.int(), columns[kept].int(), values[kept]
 
 
 def top_k_columns(scores: Tensor, k: int) -> Tensor:
@@ -375,7 +377,7 @@ class FeatureAggregation(nn.Module):
             return None, self._normalise_rows((queries @ keys.T).clamp_min(0))
         index = self.select_top_k(queries.detach(), keys.detach())  # then only the selected scores, with gradients
         crow = _fixed_width_crow(*index.shape, index.device)
-        scores = sampled_product(crow, index.reshape(-1), queries, keys).view(index.shape).clamp_min(0)
+        scores = sampled_product(crow, index.reshape(-1).int(), queries, keys).view(index.shape).clamp_min(0)
         return index, self._normalise_rows(scores)
 
     @torch.no_grad()
@@ -421,7 +423,7 @@ class FeatureAggregation(nn.Module):
             return None, None, weight
         if self.fusion:
             return blended_rows(index, weight, self.qem_index, self.qem_weight, self.mixing_weight, self.num_inputs)
-        return _fixed_width_crow(*index.shape, index.device), index.reshape(-1), weight.reshape(-1)
+        return _fixed_width_crow(*index.shape, index.device), index.reshape(-1).int(), weight.reshape(-1)
 
     @_float32_under_autocast
     def forward(self, x: Tensor) -> Tensor:
