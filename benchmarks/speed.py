@@ -1,8 +1,8 @@
 """Speed of the mesh-autoencoder family on this machine, against plain reference formulations timed in the same run.
 
 For each of CoMA, SpiralNet++, Neural3DMM and Deep3DMM (spectral and spiral; the Deep3DMM recipes' "simple" settings,
-latent 8) it reports training throughput (meshes/s; batch 32, Adam, L1, forward + backward + step) and decode latency
-at batch 1 and 64 (inference mode, each model in its inference form), and PCA's one-pass fit and decode.
+latent 8) it reports training throughput (meshes/s; batch 32, Adam lr 1e-3, L1, forward + backward + step) and decode
+latency at batch 1 and 64 (inference mode, each model in its inference form), and PCA's one-pass fit and decode.
 
 The reference is the same model with its layers swapped for the plain formulations the reference implementations use,
 written here (weights shared, outputs checked equal to 1e-5 before timing):
@@ -196,8 +196,9 @@ MODELS = {
 
 
 LEARNING_RATE = 1e-3
-"""The recipes' Adam learning rate: a Deep3DMM step's cost depends on how many rows of its top-k masks change per step
-(``FeatureAggregation.select_top_k``), which grows with the step size."""
+"""Adam's learning rate here: the spiral recipes' (the spectral ones train with SGD, lr 8e-3, momentum 0.9). A Deep3DMM
+step's cost depends on how many rows of its top-k masks change per step (``FeatureAggregation.select_top_k``), which
+grows with the step size."""
 
 
 def training_step(model: torch.nn.Module, vertices: torch.Tensor):

@@ -16,11 +16,13 @@ top-k selection starts from the last one (:meth:`FeatureAggregation.select_top_k
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from morphzoo.nn.sparse import (
@@ -77,16 +79,31 @@ def _from_vertex_major(x: Tensor, batch: int) -> Tensor:
     return x.view(len(x), batch, -1).transpose(0, 1)
 
 
-def _float32_under_autocast(forward):
-    """A mapping's ``forward(x)`` run in float32 under autocast: torch's CPU sparse kernels have no half precision, and
-    the mapping's values are float32 (``M`` is a few products per vertex, not where autocast saves time)."""
+def _autocast_enabled(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device_type`` within the block: torch's sparse kernels have no half precision on a CPU, and
+    ``sampled_addmm`` none anywhere."""
+    return (torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type)
+            else contextlib.nullcontext())
+
+
+def _mapping_forward(forward):
+    """A mapping module's ``forward(x)``, with ``x`` checked against the module's ``num_inputs`` (the CSR kernels do
+    not check bounds) and run in float32 under autocast (the mapping's values are float32; ``M`` is a few products
+    per vertex, not where autocast saves time)."""
 
     @functools.wraps(forward)
     def wrapper(self, x: Tensor) -> Tensor:
-        if not torch.is_autocast_enabled(x.device.type):
+        if x.dim() != 3 or x.shape[1] != self.num_inputs:
+            raise ValueError(f"{type(self).__name__}: x must be (batch, {self.num_inputs}, channels), features of the "
+                             f"{self.num_inputs} vertices of the level it maps from; got {tuple(x.shape)}")
+        if not _autocast_enabled(x.device.type):
             return forward(self, x)
-        with torch.autocast(x.device.type, enabled=False):
-            return forward(self, x.float())
+        with _without_autocast(x.device.type):
+            return forward(self, x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
 
     return wrapper
 
@@ -97,7 +114,7 @@ def _outside_autocast(backward):
 
     @functools.wraps(backward)
     def wrapper(ctx, grad: Tensor):
-        with torch.autocast(grad.device.type, enabled=False):
+        with _without_autocast(grad.device.type):
             return backward(ctx, grad)
 
     return wrapper
@@ -121,6 +138,8 @@ def _transposed(crow: Tensor, col: Tensor, values: Tensor, num_columns: int) -> 
 
 def _sampled(crow: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``(A Bᵀ)_e = a_{row(e)} · b_{col(e)}`` at the entries of the pattern ``(crow, col)``, never the dense product."""
+    if a.dtype not in (torch.float32, torch.float64):  # sampled_addmm has no half precision
+        return _sampled(crow, col, a.float(), b.float()).to(a.dtype)
     pattern = csr_tensor(crow, col, a.new_zeros(len(col)), (len(crow) - 1, len(b)))
     return torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
 
@@ -138,22 +157,24 @@ class _SparseMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> Tensor:
-        # the matrix as attributes: a mapping materialised in inference mode holds inference tensors, which
-        # save_for_backward refuses (and nothing changes a step's matrix in place)
-        ctx.matrix = crow, col, values
-        ctx.save_for_backward(x)
+        # copies of inference tensors (a mapping materialised in inference mode), which save_for_backward refuses;
+        # x only for the values' gradient
+        matrix = [t.clone() if t.is_inference() else t for t in (crow, col, values)]
+        ctx.save_for_backward(*matrix, x if ctx.needs_input_grad[2] else None)
+        ctx.num_inputs = x.shape[1]
         return _mesh_products(csr_tensor(crow, col, values, (len(crow) - 1, x.shape[1])), x)
 
     @staticmethod
+    @once_differentiable  # the CPU path's products write in place (addmm(out=)): no graph of the backward
     @_outside_autocast
     def backward(ctx, grad: Tensor) -> tuple[None, None, Tensor | None, Tensor | None]:
-        (crow, col, values), (x,) = ctx.matrix, ctx.saved_tensors
-        grad = grad.to(x.dtype).contiguous()
+        crow, col, values, x = ctx.saved_tensors
+        grad = grad.to(values.dtype).contiguous()
         grad_values = grad_x = None
         if ctx.needs_input_grad[2]:  # (G Xᵀ) on the pattern, summed over meshes: one product on the (V, B·C) layout
             grad_values = _sampled(crow, col, _to_vertex_major(grad), _to_vertex_major(x))
         if ctx.needs_input_grad[3]:  # Mᵀ G
-            grad_x = _mesh_products(_transposed(crow, col, values, x.shape[1]), grad)
+            grad_x = _mesh_products(_transposed(crow, col, values, ctx.num_inputs), grad)
         return None, None, grad_values, grad_x
 
 
@@ -167,6 +188,7 @@ class _SampledProduct(torch.autograd.Function):
         return _sampled(crow, col, a, b)
 
     @staticmethod
+    @once_differentiable
     @_outside_autocast
     def backward(ctx, grad: Tensor) -> tuple[None, None, Tensor | None, Tensor | None]:
         crow, col, a, b = ctx.saved_tensors
@@ -180,10 +202,14 @@ def sparse_matmul(crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> Tenso
     r"""``x'_{b,i} = Σ_e values_e · x_{b,col_e}`` over the entries ``e`` of row ``i``: the CSR matrix
     ``(crow, col, values)`` (sorted, distinct columns per row) times each mesh of ``x``. Differentiable in ``values``
     and ``x``; the gradients are a sampled product and transposed CSR products, never a dense matrix or a scatter-add.
+    The columns must lie in [0, n_in): the kernels do not check (the mapping modules check their input's size). Half
+    precision runs in float32 on a CPU.
 
     Shapes:
         crow: (n_out + 1,); col, values: (nnz,); x: (B, n_in, C) -> (B, n_out, C).
     """
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):  # no CPU sparse kernel in half
+        return sparse_matmul(crow, col, values.float(), x.float()).to(x.dtype)
     if torch.is_grad_enabled() and (values.requires_grad or x.requires_grad):
         return _SparseMatmul.apply(crow, col, values, x)
     return _mesh_products(csr_tensor(crow, col, values, (len(crow) - 1, x.shape[1])), x)  # no autograd to record
@@ -389,12 +415,12 @@ class FeatureAggregation(nn.Module):
         of the row. Only the other rows are selected anew. Queries and keys move little per optimiser step (the README's
         Deep3DMM runs keep 90-98 % of the initial top-k pairs over 12 epochs at the finest levels), so a training step
         costs one product, a gather and a row maximum where a selection of every row would cost a two-stage top-k
-        (5023 × 1256 scores, k = 32: 2.5 instead of 18 ms on 2 cores). The seed is not kept from inference mode,
-        whose tensors cannot enter a later backward pass.
+        (5023 × 1256 scores, k = 32: 2.5 instead of 18 ms on 2 cores). A selection made in inference mode is not
+        kept, so that no inference tensor becomes module state.
         """
         scores = queries @ keys.T
         last = self._selection
-        if last is None or last.device != scores.device:
+        if last is None or last.device != scores.device or last.shape != (self.num_outputs, self.top_k):
             index = top_k_columns(scores, self.top_k)
         else:
             lowest = scores.gather(1, last).amin(1)
@@ -425,7 +451,7 @@ class FeatureAggregation(nn.Module):
             return blended_rows(index, weight, self.qem_index, self.qem_weight, self.mixing_weight, self.num_inputs)
         return _fixed_width_crow(*index.shape, index.device), index.reshape(-1).int(), weight.reshape(-1)
 
-    @_float32_under_autocast
+    @_mapping_forward
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (B, n_in, C) -> (B, n_out, C)."""
         crow, col, values = self.differentiable_matrix()
@@ -438,8 +464,10 @@ class FeatureAggregation(nn.Module):
 
     @torch.no_grad()
     def matrix(self) -> Tensor:
-        """The current mapping ``M`` (Eq. 7) as a coalesced sparse COO (n_out, n_in) tensor."""
-        crow, col, values = self.differentiable_matrix()
+        """The current mapping ``M`` (Eq. 7) as a coalesced sparse COO (n_out, n_in) tensor, in float32 (also under
+        autocast: the training forward's ``M``)."""
+        with _without_autocast(self.qem_weight.device.type):
+            crow, col, values = self.differentiable_matrix()
         if crow is None:
             return values.to_sparse()
         with quiet_sparse_csr():
@@ -491,7 +519,7 @@ class SparseMapping(nn.Module):
         self.register_buffer("padded_index", index, persistent=False)
         self.register_buffer("padded_weight", weight, persistent=False)
 
-    @_float32_under_autocast
+    @_mapping_forward
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (B, n_in, C) -> (B, n_out, C)."""
         if exporting():  # a traced graph cannot hold a sparse tensor (nn/sparse.py)

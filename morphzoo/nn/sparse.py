@@ -76,8 +76,11 @@ def quiet_sparse_csr() -> Iterator[None]:
 
 
 def csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    """A CSR view of already-sorted components, without torch's O(nnz) invariant check. Its indices are int32: MKL's
-    kernels take them as they are, and convert int64 ones on every product (a third of a per-mesh product's time)."""
+    """A CSR tensor of already-sorted components, without torch's O(nnz) invariant check. Its indices are int32 (int64
+    ones are copied): MKL's kernels take them as they are, and convert int64 ones on every product (a third of a
+    per-mesh product's time)."""
+    if len(col) >= 2**31:
+        raise ValueError(f"csr_tensor: {len(col)} non-zeros do not fit int32 CSR indices (at most 2**31 - 1)")
     with quiet_sparse_csr():
         return torch.sparse_csr_tensor(crow.int(), col.int(), values, shape, check_invariants=False)
 

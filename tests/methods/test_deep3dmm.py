@@ -158,10 +158,36 @@ def test_seeded_top_k_selection_is_a_fresh_one_after_the_queries_and_keys_move(t
     assert (second[:5] != first[:5]).any() and (second[5:] == first[5:]).float().mean() > 0.9
     fa.load_state_dict(other.state_dict())
     torch.testing.assert_close(fa.learned_matrix()[0], fresh(), rtol=0, atol=0)
+    fa.top_k = 5  # a seed of another width is not used
+    torch.testing.assert_close(fa.learned_matrix()[0], top_k_columns(
+        F.normalize(fa.queries.detach(), dim=1) @ F.normalize(fa.keys.detach(), dim=1).T, 5), rtol=0, atol=0)
+    fa.top_k = 8
     with torch.inference_mode():
         fa(torch.randn(2, fa.num_inputs, 3))
+    assert not fa._selection.is_inference()
     fa(torch.randn(2, fa.num_inputs, 3)).sum().backward()
     assert fa.queries.grad.abs().sum() > 0 and fa.keys.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("form", ["training", "materialised"])
+def test_mappings_refuse_inputs_of_another_vertex_count(template, form):
+    """The CSR kernels do not check bounds: a wrong vertex count would read past each mesh."""
+    fa = fine_level(template, top_k=4)
+    mapping = fa if form == "training" else fa.materialise()
+    for shape in [(2, fa.num_inputs - 1, 3), (2, fa.num_inputs + 1, 3), (fa.num_inputs, 3)]:
+        with pytest.raises(ValueError, match=f"x must be \\(batch, {fa.num_inputs}, channels\\)"):
+            mapping(torch.randn(shape))
+
+
+def test_a_half_precision_mapping_materialises_and_runs(template):
+    """sampled_addmm has no half precision: the selected scores are computed in float32 for a bfloat16 module (whose
+    top-k may differ from float32's among scores that bfloat16 rounds to ties)."""
+    fa = fine_level(template, top_k=4).to(torch.bfloat16)
+    matrix = fa.matrix().to_dense()
+    assert matrix.dtype == torch.bfloat16 and ((matrix != 0).sum(1) <= 4 + 3).all()
+    torch.testing.assert_close(matrix.float().sum(1), torch.ones(len(matrix)), atol=0.02, rtol=0)
+    x = torch.randn(2, fa.num_inputs, 3).bfloat16()
+    torch.testing.assert_close(fa.materialise()(x).float(), matrix.float() @ x.float(), atol=0.05, rtol=0.05)
 
 
 def test_top_k_rows_have_k_non_zeros_and_sum_to_one(template):
