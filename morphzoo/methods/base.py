@@ -166,9 +166,10 @@ class MorphableModel(L.LightningModule):
             raise ValueError(f"{type(self).__name__}: fitting a {codes.shape[-1]}-dimensional Gaussian needs more "
                              f"than {codes.shape[-1]} meshes, got {len(codes)}")
         mean = codes.mean(0)
-        covariance = torch.cov(codes.T).reshape(len(mean), len(mean))
+        centred = codes - mean
+        covariance = centred.T @ centred / (len(codes) - 1)
         # a tiny ridge keeps the Cholesky factor defined when some latent direction is unused
-        covariance += torch.eye(len(mean), dtype=covariance.dtype) * 1e-9 * covariance.trace().clamp_min(1e-12)
+        covariance.diagonal().add_(1e-9 * covariance.trace().clamp_min(1e-12))
         self.latent_mean = mean.to(self.mean)
         self.latent_cholesky = torch.linalg.cholesky(covariance).to(self.mean)
 
@@ -226,7 +227,7 @@ class MorphableModel(L.LightningModule):
         # before models could sample have none: they load unfitted.
         for name, empty in (("latent_mean", (0,)), ("latent_cholesky", (0, 0))):
             state_dict.setdefault(prefix + name, torch.empty(empty))
-            setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+            setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.mean.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -------------------------------------------------------------------------------------------- latent arithmetic
@@ -358,8 +359,8 @@ class MorphableModel(L.LightningModule):
         """Rebuild a model from a Lightning ``.ckpt``: the template and normalisation come from its buffers."""
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
         state = checkpoint["state_dict"]
-        template = Template(vertices=state["template_vertices"].double().numpy(),
-                            faces=state["template_faces"].numpy())
+        template = Template(vertices=state["template_vertices"].double().cpu().numpy(),
+                            faces=state["template_faces"].cpu().numpy())
         # LightningCLI adds bookkeeping entries such as ``_class_path``: they are not constructor arguments.
         hyperparameters = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
         template, hyperparameters = cls.restore_arguments(template, state, hyperparameters, checkpoint)

@@ -64,6 +64,7 @@ from morphzoo.mesh.graph import sparse_to_torch
 from morphzoo.mesh.template import Template
 from morphzoo.methods.base import DATA_ARGUMENTS, MorphableModel
 from morphzoo.nn.geometry_mapping import GeometryMapping
+from morphzoo.nn.sparse import float32_sparse_mm
 
 LEAKY_SLOPE = 0.2
 SHARED_CHANNELS = (16, 32)
@@ -273,11 +274,16 @@ class DecoupledGAN(MorphableModel):
     def laplacian_energy(self, x: Tensor) -> Tensor:
         r""":math:`\lVert \mathbf L \mathbf v \rVert^2` of the displacements (module docstring, "Laplacian term")."""
         displacement = (x * self.std / self.std.mean()).permute(1, 0, 2).reshape(self.num_vertices, -1)
-        return torch.sparse.mm(self.laplacian, displacement).pow(2).sum() / (len(x) * self.num_vertices)
+        return float32_sparse_mm(self.laplacian, displacement).pow(2).sum() / (len(x) * self.num_vertices)
 
     # ------------------------------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
         """Class weights from the training split's label frequencies (module docstring, "Label balance")."""
+        if str(self.trainer.precision).startswith("16"):
+            # The gradient penalty's inner gradient would run unscaled in float16 and may underflow to zero.
+            raise ValueError(f"{type(self).__name__}: float16 training ('{self.trainer.precision}') is not supported: "
+                             "the gradient penalty's gradient is not loss-scaled. Use --trainer.precision=bf16-mixed "
+                             "(or 32)")
         data = getattr(self.trainer, "datamodule", None)
         if data is None or not hasattr(data, "training_labels"):
             return

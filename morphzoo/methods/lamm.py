@@ -351,7 +351,7 @@ class LAMM(MorphableModel):
         centred = controls - controls.mean(0)
         covariance = torch.einsum("nki,nkj->kij", centred, centred) / (len(controls) - 1)
         ridge = 1e-9 * covariance.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-12)
-        covariance += torch.eye(covariance.shape[-1], dtype=covariance.dtype) * ridge[:, None, None]
+        covariance.diagonal(dim1=1, dim2=2).add_(ridge[:, None])
         self.control_mean = controls.mean(0).to(self.mean)
         self.control_cholesky = torch.linalg.cholesky(covariance).to(self.mean)
 
@@ -415,8 +415,9 @@ class LAMM(MorphableModel):
         other kind where the drawn one has none); the first half of the batch, and rows with no partner at all, are
         plain AE pairs (α = 0)."""
         count = len(x)
-        by_identity = manipulation_partners("identity", count, identity, expression)
-        by_expression = manipulation_partners("expression", count, identity, expression)
+        # labels may be absent: the partners are then made on the CPU
+        by_identity = manipulation_partners("identity", count, identity, expression).to(x.device)
+        by_expression = manipulation_partners("expression", count, identity, expression).to(x.device)
         prefer_expression = torch.rand(count, device=x.device) < 0.5
         first = torch.where(prefer_expression, by_expression, by_identity)
         partner = torch.where(first >= 0, first, torch.where(prefer_expression, by_identity, by_expression))
@@ -501,7 +502,7 @@ class LAMM(MorphableModel):
         # Control Gaussians exist only once fitted: take their size from the checkpoint (as the latent Gaussian).
         for name in ("control_mean", "control_cholesky"):
             state_dict.setdefault(prefix + name, torch.empty(0))
-            setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+            setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.mean.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -511,7 +512,7 @@ class LAMM(MorphableModel):
     def restore_arguments(cls, template: Template, state: dict[str, Tensor], init_args: dict,
                           extra: dict | None = None) -> tuple[Template, dict]:
         """Regions and control vertices come from the saved buffers (no dataset or region file needed)."""
-        labels = state["region_labels"].numpy()
+        labels = state["region_labels"].cpu().numpy()
         names = (extra or {}).get("region_names") or [f"region{k}" for k in range(labels.max() + 1)]
         template = dataclasses.replace(template, regions=labels, region_names=tuple(names))
         init_args = {**init_args, "regions": "template", "num_regions": None, "init_from": None,

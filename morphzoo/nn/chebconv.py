@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from morphzoo.nn.sparse import exporting, padded_matmul, padded_rows
+from morphzoo.nn.sparse import exporting, float32_sparse_mm, padded_matmul, padded_rows
 
 
 class ChebConv(nn.Module):
@@ -78,9 +78,9 @@ class ChebConv(nn.Module):
         """``L̃ t`` for a (V, C) ``t``: torch.sparse when running, fixed-width gathers under export."""
         if exporting():
             return padded_matmul(self.laplacian_neighbours, self.laplacian_weights, t)
-        laplacian = torch.sparse_coo_tensor(self.laplacian_indices, self.laplacian_values.to(t.dtype), (len(t), len(t)),
+        laplacian = torch.sparse_coo_tensor(self.laplacian_indices, self.laplacian_values, (len(t), len(t)),
                                             is_coalesced=True, check_invariants=False)
-        return torch.sparse.mm(laplacian, t)
+        return float32_sparse_mm(laplacian, t)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, K={self.K}, bias={self.bias is not None}"

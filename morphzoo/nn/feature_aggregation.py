@@ -16,7 +16,6 @@ top-k selection starts from the last one (:meth:`FeatureAggregation.select_top_k
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -26,6 +25,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from morphzoo.nn.sparse import (
+    autocast_enabled,
     cpu_sparse_path,
     csr_tensor,
     exporting,
@@ -33,6 +33,7 @@ from morphzoo.nn.sparse import (
     padded_matmul,
     padded_rows,
     quiet_sparse_csr,
+    without_autocast,
 )
 
 AGGREGATIONS = ("attention", "full", "average", "full-qem")
@@ -79,17 +80,6 @@ def _from_vertex_major(x: Tensor, batch: int) -> Tensor:
     return x.view(len(x), batch, -1).transpose(0, 1)
 
 
-def _autocast_enabled(device_type: str) -> bool:
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
-
-
-def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
-    """Autocast off on ``device_type`` within the block: torch's sparse kernels have no half precision on a CPU, and
-    ``sampled_addmm`` none anywhere."""
-    return (torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type)
-            else contextlib.nullcontext())
-
-
 def _mapping_forward(forward):
     """A mapping module's ``forward(x)``, with ``x`` checked against the module's ``num_inputs`` (the CSR kernels do
     not check bounds) and run in float32 under autocast (the mapping's values are float32; ``M`` is a few products
@@ -100,9 +90,9 @@ def _mapping_forward(forward):
         if x.dim() != 3 or x.shape[1] != self.num_inputs:
             raise ValueError(f"{type(self).__name__}: x must be (batch, {self.num_inputs}, channels), features of the "
                              f"{self.num_inputs} vertices of the level it maps from; got {tuple(x.shape)}")
-        if not _autocast_enabled(x.device.type):
+        if not autocast_enabled(x.device.type):
             return forward(self, x)
-        with _without_autocast(x.device.type):
+        with without_autocast(x.device.type):
             return forward(self, x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
 
     return wrapper
@@ -114,7 +104,7 @@ def _outside_autocast(backward):
 
     @functools.wraps(backward)
     def wrapper(ctx, grad: Tensor):
-        with _without_autocast(grad.device.type):
+        with without_autocast(grad.device.type):
             return backward(ctx, grad)
 
     return wrapper
@@ -466,7 +456,7 @@ class FeatureAggregation(nn.Module):
     def matrix(self) -> Tensor:
         """The current mapping ``M`` (Eq. 7) as a coalesced sparse COO (n_out, n_in) tensor, in float32 (also under
         autocast: the training forward's ``M``)."""
-        with _without_autocast(self.qem_weight.device.type):
+        with without_autocast(self.qem_weight.device.type):
             crow, col, values = self.differentiable_matrix()
         if crow is None:
             return values.to_sparse()

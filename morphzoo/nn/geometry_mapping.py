@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from morphzoo.nn.sparse import float32_sparse_mm
+
 
 class GeometryMapping(nn.Module):
     r"""Vertex positions to a geometry image through a fixed UV parameterisation (Eq. 5).
@@ -48,5 +50,5 @@ class GeometryMapping(nn.Module):
         matrix = self.matrix if vertices == self.matrix.shape[1] else torch.sparse_coo_tensor(
             self.matrix.indices(), self.matrix.values(), (self.matrix.shape[0], vertices), check_invariants=False)
         columns = x.permute(1, 0, 2).reshape(vertices, batch * channels)  # (V, B·C)
-        image = torch.sparse.mm(matrix.to(x.dtype), columns)  # (n², B·C)
+        image = float32_sparse_mm(matrix, columns)  # (n², B·C)
         return image.view(self.size, self.size, batch, channels).permute(2, 3, 0, 1)

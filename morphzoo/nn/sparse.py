@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -92,6 +93,45 @@ def csr_from_entries(rows: Tensor, columns: Tensor, shape: tuple[int, int], valu
         csr = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape, check_invariants=True)
         csr = csr.coalesce().to_sparse_csr()
     return csr_tensor(csr.crow_indices(), csr.col_indices(), csr.values(), shape)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (False where it has none, e.g. ``meta``)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def without_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device_type`` within the block: torch's sparse kernels have no half precision on a CPU, nor
+    CUDA's COO product (``addmm_sparse_cuda``), and ``sampled_addmm`` none anywhere."""
+    return (torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type)
+            else contextlib.nullcontext())
+
+
+def float32_sparse_mm(matrix: Tensor, dense: Tensor) -> Tensor:
+    """``matrix @ dense`` for a constant sparse float32 ``matrix`` and a dense 2-D ``dense``, computed in float32
+    (float64 stays float64) with autocast off, forward and backward, and returned in ``dense``'s dtype. Why: CUDA's
+    COO product (``addmm_sparse_cuda``) has no float16 or bfloat16, and under autocast an input from a half-precision
+    layer, or a backward pass run inside the autocast block (Lightning's manual optimisation), would bring them; the
+    product is a few terms per row, not where half precision saves time."""
+    compute = torch.float64 if dense.dtype == torch.float64 else torch.float32
+    if dense.dtype == compute and not autocast_enabled(dense.device.type):
+        return torch.sparse.mm(matrix.to(compute), dense)
+    with without_autocast(dense.device.type):
+        return _Float32SparseProduct.apply(matrix.to(compute), dense.to(compute)).to(dense.dtype)
+
+
+class _Float32SparseProduct(torch.autograd.Function):
+    """``matrix @ dense`` whose backward, ``matrixᵀ @ grad``, is itself one with autocast off (and differentiable)."""
+
+    @staticmethod
+    def forward(ctx, matrix: Tensor, dense: Tensor) -> Tensor:
+        ctx.matrix = matrix  # a constant: no gradient, no version check needed
+        return torch.sparse.mm(matrix, dense)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
+        with without_autocast(grad.device.type):
+            return None, _Float32SparseProduct.apply(ctx.matrix.t(), grad.to(ctx.matrix.dtype))
 
 
 def cpu_sparse_path(x: Tensor) -> bool:

@@ -1,6 +1,8 @@
 """The decoupled GAN's parts (Abrevaya et al. 2019): gradient penalty, classification and feature losses, the
 generator's code sampling, the ablation flags, and learning on tiny data."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +150,13 @@ def test_the_gan_learns_its_identity_codes_on_tiny_data(data):
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(gan.train(), datamodule=data)
     assert generated_identity_accuracy() > 0.6
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "16-true"])
+def test_float16_training_is_refused_with_the_fix(data, precision):
+    """The gradient penalty's inner gradient is not loss-scaled, so float16 could underflow it to zero; a CPU trainer
+    turns 16-mixed into bf16, so a stand-in trainer carries the setting."""
+    model = make_gan(data)
+    model._trainer = types.SimpleNamespace(precision=precision)
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        model.on_fit_start()
