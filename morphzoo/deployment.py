@@ -74,6 +74,7 @@ class GraphReport:
     output: str
     output_shape: list
     max_abs_difference: float  # onnxruntime vs PyTorch over the parity batches
+    allowed_difference: float  # the tolerance plus float32 rounding (parity_tolerance)
     export_seconds: float
 
 
@@ -133,7 +134,7 @@ def _export_graph(module: nn.Module, example: Tensor, path: Path, input_name: st
                           f"(allowed {allowed:.3g}: {tolerance:g} + float32 rounding); nothing was written")
     output_shape = ["batch", *expected.shape[1:]]
     return GraphReport(path.name, input_name, ["batch", *example.shape[1:]], output_name, output_shape, difference,
-                       round(seconds, 2))
+                       allowed, round(seconds, 2))
 
 
 def export_onnx(model: MorphableModel, folder: str | os.PathLike, *, tolerance: float = 1e-5, seed: int = 0,

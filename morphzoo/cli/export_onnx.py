@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "Lightning .ckpt written by morphzoo fit")
     parser.add_argument("out", help="a new (or empty) folder for decoder.onnx, encoder.onnx and export.json")
     parser.add_argument("--tolerance", type=float, default=1e-5,
-                        help="largest onnxruntime - PyTorch difference accepted (default: 1e-5; metres for vertices)")
+                        help="largest onnxruntime - PyTorch difference accepted, plus float32 rounding of the outputs' "
+                             "sums (default: 1e-5; metres for vertices)")
 
 
 def run(args: argparse.Namespace) -> None:

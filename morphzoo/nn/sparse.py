@@ -113,6 +113,9 @@ def float32_sparse_mm(matrix: Tensor, dense: Tensor) -> Tensor:
     COO product (``addmm_sparse_cuda``) has no float16 or bfloat16, and under autocast an input from a half-precision
     layer, or a backward pass run inside the autocast block (Lightning's manual optimisation), would bring them; the
     product is a few terms per row, not where half precision saves time."""
+    if matrix.requires_grad:
+        raise ValueError("float32_sparse_mm: the sparse matrix must be a constant (it gets no gradient); use "
+                         "morphzoo.nn.feature_aggregation.sparse_matmul for a trainable one")
     compute = torch.float64 if dense.dtype == torch.float64 else torch.float32
     if dense.dtype == compute and not autocast_enabled(dense.device.type):
         return torch.sparse.mm(matrix.to(compute), dense)

@@ -161,7 +161,8 @@ def test_the_float32_sparse_product_under_autocast_differentiates_as_the_dense_o
     from morphzoo.nn.sparse import float32_sparse_mm
 
     generator = torch.Generator().manual_seed(0)
-    dense_matrix = torch.randn(6, 5, generator=generator, dtype=torch.float64) * (torch.rand(6, 5) < 0.4)
+    pattern = torch.rand(6, 5, generator=generator) < 0.4
+    dense_matrix = torch.randn(6, 5, generator=generator, dtype=torch.float64) * pattern
     x = torch.randn(5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast on: the product takes its autograd Function
         assert torch.autograd.gradcheck(lambda x: float32_sparse_mm(dense_matrix.to_sparse(), x), (x,))
@@ -169,3 +170,5 @@ def test_the_float32_sparse_product_under_autocast_differentiates_as_the_dense_o
         half = float32_sparse_mm(dense_matrix.float().to_sparse(), x.detach().bfloat16())
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.double(), dense_matrix @ x.detach(), atol=0.05, rtol=0.02)
+    with pytest.raises(ValueError, match="constant"):
+        float32_sparse_mm(dense_matrix.to_sparse().requires_grad_(), x)
